@@ -1,0 +1,93 @@
+"""invoice-hub: routes invoices between ERPs, e-invoice platforms, inboxes and archives, exactly once
+in effect."""
+
+from __future__ import annotations
+
+from hub.connectors import (
+    HUB_API_VERSION,
+    Capabilities,
+    Connector,
+    ConnectorContext,
+    ConnectorSettings,
+    DeliveryRequest,
+    Health,
+    Incoming,
+    IntakeOutcome,
+    Inventory,
+    InventoryItem,
+    Parser,
+    ParseResult,
+    Receipt,
+    Sink,
+    Source,
+)
+from hub.errors import (
+    AmendmentRejected,
+    ConfigError,
+    HubError,
+    InvoiceInvalid,
+    LedgerError,
+    ParseError,
+    PermanentError,
+    PluginError,
+    Problem,
+    RateLimited,
+    TransientError,
+    ValidationError,
+)
+from hub.hookspecs import hookimpl
+from hub.models import (
+    Document,
+    Event,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    Line,
+    Party,
+    TaxCategory,
+    Totals,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HUB_API_VERSION",
+    "AmendmentRejected",
+    "Capabilities",
+    "ConfigError",
+    "Connector",
+    "ConnectorContext",
+    "ConnectorSettings",
+    "DeliveryRequest",
+    "Document",
+    "Event",
+    "Health",
+    "HubError",
+    "Incoming",
+    "IntakeOutcome",
+    "Inventory",
+    "InventoryItem",
+    "Invoice",
+    "InvoiceInvalid",
+    "InvoiceKind",
+    "InvoiceStatus",
+    "LedgerError",
+    "Line",
+    "ParseError",
+    "ParseResult",
+    "Parser",
+    "Party",
+    "PermanentError",
+    "PluginError",
+    "Problem",
+    "RateLimited",
+    "Receipt",
+    "Sink",
+    "Source",
+    "TaxCategory",
+    "Totals",
+    "TransientError",
+    "ValidationError",
+    "__version__",
+    "hookimpl",
+]

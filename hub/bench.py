@@ -1,0 +1,280 @@
+"""``hub bench``: what the embedded default does on this machine, beside a bare baseline.
+
+Each measurement runs in a child process of its own, so peak memory (max RSS) is per measurement:
+
+* ``steps``: per-invoice cost of model validation, the rules, canonical form + hash, and the ledger
+  write (intake of prepared invoices in transactions of ``batch`` invoices);
+* ``e2e``: invoices per second from intake to a sink through the real hub (SQLite ledger in WAL,
+  kombu ``memory://``, worker threads), to the ``recording`` sink (which records every delivery)
+  and to ``archive.fs`` (content-addressed files, fsync'd);
+* ``baseline``: a bare prototype of the same steps — pydantic validate → orjson → SHA-256 → SQLite
+  WAL in batches of 100 → kombu ``memory://`` hop — with nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hub.factory import invoice_json
+from hub.hookspecs import hookimpl
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurements (each runs inside a child process)
+# ---------------------------------------------------------------------------------------------------
+def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
+    from hub.canonical import content_hash
+    from hub.config import HubConfig
+    from hub.connectors import Incoming
+    from hub.intake import Accepted, Intake, Prepared
+    from hub.ledger import Ledger
+    from hub.models import Document, Invoice
+    from hub.validation import builtin_rules, validate
+
+    payloads = [invoice_json(i) for i in range(count)]
+    rules = builtin_rules()
+    t0 = time.perf_counter()
+    invoices = [Invoice.model_validate_json(p) for p in payloads]
+    t1 = time.perf_counter()
+    for inv in invoices:
+        validate(inv, rules)
+    t2 = time.perf_counter()
+    hashes = [content_hash(inv) for inv in invoices]
+    t3 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = HubConfig.model_validate(
+            {
+                "connectors": {"bench": {"type": "files"}, "sink": {"type": "recording"}},
+                "routes": [{"from": "bench", "to": "sink"}],
+            }
+        )
+        ledger = Ledger(f"sqlite:///{tmp}/ledger.db")
+        intake = Intake(config, ledger, [], [])
+        prepared = []
+        for i, (inv, h, p) in enumerate(zip(invoices, hashes, payloads, strict=True)):
+            doc = Document(content=p, media_type="application/json", source="bench")
+            item = Prepared(Incoming(documents=[doc], key=str(i)), "bench", documents=[doc])
+            item.accepted.append(Accepted(inv, h, doc, []))
+            prepared.append(item)
+        t4 = time.perf_counter()
+        for start in range(0, count, batch):
+            with ledger.begin() as conn:
+                intake.write(conn, prepared[start : start + batch])
+        t5 = time.perf_counter()
+        ledger.close()
+    us = 1e6 / count
+    return {
+        "count": count,
+        "model_us": round((t1 - t0) * us, 1),
+        "rules_us": round((t2 - t1) * us, 1),
+        "canonical_hash_us": round((t3 - t2) * us, 1),
+        "validate_canonical_hash_us": round((t3 - t0) * us, 1),
+        "ledger_write_us": round((t5 - t4) * us, 1),
+        "ledger_batch": batch,
+        "peak_mb": round(_peak_mb(), 1),
+    }
+
+
+class _BenchSource:
+    """An in-process source that hands in ``count`` JSON invoices as fast as intake takes them."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    @hookimpl
+    def hub_register_connector_types(self) -> list[type]:
+        from hub.connectors import ConnectorSettings, Incoming, Source
+        from hub.models import Document
+
+        total = self.count
+
+        class BenchSettings(ConnectorSettings):
+            pass
+
+        class BenchSource(Source):
+            type_name = "bench.generator"
+            Settings = BenchSettings
+            poll_interval = 0.05
+
+            def poll(self, checkpoint: str | None) -> Iterator[Incoming]:
+                start = int(checkpoint or 0)
+                for i in range(start, total):
+                    doc = Document(content=invoice_json(i), media_type="application/json", source=self.name)
+                    yield Incoming(documents=[doc], key=str(i), checkpoint=str(i + 1))
+
+        return [BenchSource]
+
+
+def measure_e2e(count: int, sink: str) -> dict[str, Any]:
+    from hub.config import load_config
+    from hub.engine import Hub
+    from hub.logging import configure_logging
+
+    configure_logging("error", "json")
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {"path": f"{tmp}/archive"} if sink == "archive.fs" else {}
+        cfg = Path(tmp) / "hub.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "ledger": f"sqlite:///{tmp}/ledger.db",
+                    "data_dir": f"{tmp}/.hub",
+                    "logging": {"level": "error"},
+                    "worker": {"threads": 2, "batch_size": 500, "relay_interval": 0.5},
+                    "connectors": {
+                        "gen": {"type": "bench.generator"},
+                        "sink": {"type": sink, "settings": settings},
+                    },
+                    "routes": [{"from": "gen", "to": "sink"}],
+                }
+            ),
+            encoding="utf-8",
+        )
+        hub = Hub(load_config(cfg), extra_plugins=[("bench", _BenchSource(count))])
+        t0 = time.perf_counter()
+        summary = hub.run(until_idle=True)
+        elapsed = time.perf_counter() - t0
+        hub.close()
+    return {
+        "count": count,
+        "sink": sink,
+        "delivered": summary["delivered"],
+        "seconds": round(elapsed, 2),
+        "per_second": round(summary["delivered"] / elapsed),
+        "peak_mb": round(_peak_mb(), 1),
+    }
+
+
+def measure_baseline(count: int) -> dict[str, Any]:
+    """pydantic validate → orjson → SHA-256 → SQLite WAL (batches of 100) → kombu memory:// hop."""
+    from kombu.connection import Connection
+    from kombu.entity import Exchange, Queue
+
+    from hub.models import Invoice
+
+    payloads = [invoice_json(i) for i in range(count)]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(f"{tmp}/bare.db", isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE inv (hash TEXT PRIMARY KEY, body BLOB, state TEXT)")
+        exchange = Exchange("bare", type="direct")
+        queue = Queue(f"bare-{os.getpid()}-{time.time_ns()}", exchange, routing_key="bare")
+        received = 0
+        done = threading.Event()
+        with Connection("memory://", transport_options={"polling_interval": 0.005}) as conn:
+            queue(conn.default_channel).declare()
+
+            def consume() -> None:
+                nonlocal received
+                with Connection("memory://", transport_options={"polling_interval": 0.005}) as c2:
+
+                    def on_message(body: Any, message: Any) -> None:
+                        nonlocal received
+                        hashes = body["hashes"]
+                        db.executemany(
+                            "UPDATE inv SET state='delivered' WHERE hash=?", [(h,) for h in hashes]
+                        )
+                        received += len(hashes)
+                        message.ack()
+                        if received >= count:
+                            done.set()
+
+                    with c2.Consumer([queue], callbacks=[on_message], accept=["application/json"]):
+                        while not done.is_set():
+                            try:
+                                c2.drain_events(timeout=0.2)
+                            except TimeoutError:
+                                continue
+
+            consumer = threading.Thread(target=consume)
+            consumer.start()
+            producer = conn.Producer(exchange=exchange)
+            t0 = time.perf_counter()
+            for start in range(0, count, 100):
+                rows = []
+                for p in payloads[start : start + 100]:
+                    inv = Invoice.model_validate_json(p)
+                    body = orjson.dumps(inv.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+                    rows.append((hashlib.sha256(body).hexdigest(), body, "pending"))
+                db.execute("BEGIN")
+                db.executemany("INSERT OR IGNORE INTO inv VALUES (?, ?, ?)", rows)
+                db.execute("COMMIT")
+                producer.publish({"hashes": [r[0] for r in rows]}, routing_key="bare", serializer="json")
+            done.wait(120)
+            elapsed = time.perf_counter() - t0
+            consumer.join()
+        db.close()
+    return {
+        "count": count,
+        "per_second": round(received / elapsed),
+        "seconds": round(elapsed, 2),
+        "peak_mb": round(_peak_mb(), 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------
+def _child(kind: str, count: int, sink: str = "recording") -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "hub.bench", kind, str(count), sink],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bench {kind} failed:\n{out.stderr[-2000:]}")
+    return dict(orjson.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def run_bench(count: int, progress: Any = print) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    progress(f"per-invoice steps on {count} invoices...")
+    results["steps"] = _child("steps", count)
+    progress(f"bare baseline on {count} invoices...")
+    results["baseline"] = _child("baseline", count)
+    progress(f"hub end to end, recording sink, {count} invoices...")
+    results["e2e_recording"] = _child("e2e", count, "recording")
+    progress(f"hub end to end, recording sink, {count * 2} invoices (memory growth)...")
+    results["e2e_recording_double"] = _child("e2e", count * 2, "recording")
+    progress(f"hub end to end, archive.fs sink, {count} invoices...")
+    results["e2e_archive"] = _child("e2e", count, "archive.fs")
+    results["ratio_to_baseline"] = round(
+        results["e2e_recording"]["per_second"] / results["baseline"]["per_second"], 2
+    )
+    return results
+
+
+def main() -> None:
+    kind, count = sys.argv[1], int(sys.argv[2])
+    sink = sys.argv[3] if len(sys.argv) > 3 else "recording"
+    if kind == "steps":
+        result = measure_steps(count)
+    elif kind == "baseline":
+        result = measure_baseline(count)
+    else:
+        result = measure_e2e(count, sink)
+    print(orjson.dumps(result).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""Intake: documents in, invoice versions and deliveries out, in one ledger transaction.
+
+``prepare()`` does the slow, side-effect-free part (parse, validate, hash) outside any transaction;
+``write()`` records the result: documents, versions, events and one delivery per routed destination,
+or a dead letter with the raw document for anything that could not be read or failed validation.
+The caller publishes the returned delivery ids after the commit (the ledger is the outbox).
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection
+
+from hub.canonical import CANONICAL_VERSION, content_hash
+from hub.config import HubConfig, Route
+from hub.connectors import Incoming, IntakeOutcome, Parser
+from hub.errors import HubError, ParseError, Problem
+from hub.ledger import Ledger, dumps, now
+from hub.ledger import schema as t
+from hub.models import Document, Invoice
+from hub.router import destinations_for
+from hub.validation import Rule, builtin_rules, ensure_valid
+
+log = structlog.get_logger()
+
+#: How deep containers (mail → zip → zip → file) may nest before intake stops unpacking.
+MAX_CONTAINER_DEPTH = 5
+
+
+@dataclass
+class Failure:
+    """Something intake could not turn into a valid invoice: it becomes a dead letter."""
+
+    error: BaseException
+    document: Document | None
+    invoice: Invoice | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class Accepted:
+    invoice: Invoice
+    content_hash: str
+    document: Document | None
+    warnings: list[Problem]
+
+
+@dataclass
+class Prepared:
+    incoming: Incoming
+    source: str
+    documents: list[Document] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Written:
+    outcomes: list[IntakeOutcome]
+    #: destination → delivery ids to publish after the commit
+    publish: dict[str, list[int]]
+    events: list[dict[str, Any]]
+
+
+class Intake:
+    def __init__(
+        self, config: HubConfig, ledger: Ledger, parsers: Sequence[Parser], rules: Sequence[Rule]
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.parsers = list(parsers)
+        self.rules: list[Rule] = [*builtin_rules(), *rules]
+
+    # -----------------------------------------------------------------------------------------------
+    # Parse and validate (no database)
+    # -----------------------------------------------------------------------------------------------
+    def prepare(self, incoming: Incoming, source: str) -> Prepared:
+        prepared = Prepared(incoming, source)
+        for doc in incoming.documents:
+            if incoming.invoices:
+                # The source already holds the invoices as data (an ERP row, a platform's issued invoice):
+                # its documents are kept with them, not parsed into more versions of the same invoices.
+                prepared.documents.append(doc)
+            else:
+                self._read_document(doc, prepared, depth=0)
+        primaries = {doc.sha256 for _, doc in incoming.invoices if doc is not None}
+        if len(primaries) == 1:
+            # One invoice with several files (a platform's OFD, XML and PDF): the other files hang under
+            # the invoice's document, so sinks (the archive) receive all of them with the invoice.
+            [primary] = primaries
+            for doc in incoming.documents:
+                if doc.sha256 != primary and doc.parent_sha256 is None:
+                    doc.parent_sha256 = primary
+        for invoice, invoice_doc in incoming.invoices:
+            if invoice_doc is not None and invoice_doc not in prepared.documents:
+                prepared.documents.append(invoice_doc)
+            self._accept(invoice, invoice_doc, prepared)
+        return prepared
+
+    def _read_document(self, doc: Document, prepared: Prepared, depth: int) -> None:
+        prepared.documents.append(doc)
+        parser = next((p for p in self.parsers if self._claims(p, doc)), None)
+        if parser is None:
+            prepared.failures.append(
+                Failure(
+                    ParseError(
+                        f"no parser reads this document (media type {doc.media_type}, "
+                        f"file name {doc.filename or 'none'}); installed parsers: "
+                        + (", ".join(p.name or type(p).__name__ for p in self.parsers) or "none"),
+                        document=doc.sha256,
+                    ),
+                    doc,
+                )
+            )
+            return
+        try:
+            result = parser.parse(doc)
+        except HubError as exc:
+            prepared.failures.append(Failure(exc, doc))
+            return
+        except Exception as exc:  # a crashing parser is a failure of this document, never of the hub
+            error = ParseError(
+                f"parser {parser.name!r} crashed: {type(exc).__name__}: {exc}", parser=parser.name
+            )
+            error.__cause__ = exc
+            prepared.failures.append(Failure(error, doc))
+            return
+        for child in result.children:
+            if depth + 1 > MAX_CONTAINER_DEPTH:
+                prepared.failures.append(
+                    Failure(ParseError(f"containers nested deeper than {MAX_CONTAINER_DEPTH} levels"), child)
+                )
+                continue
+            self._read_document(child, prepared, depth + 1)
+        for invoice in result.invoices:
+            self._accept(invoice, doc, prepared)
+        if not result.invoices and not result.children:
+            prepared.failures.append(
+                Failure(ParseError(f"parser {parser.name!r} found no invoice in this document"), doc)
+            )
+
+    @staticmethod
+    def _claims(parser: Parser, doc: Document) -> bool:
+        try:
+            return bool(parser.claims(doc))
+        except Exception as exc:
+            log.warning("parser_claims_failed", parser=parser.name, error=f"{type(exc).__name__}: {exc}")
+            return False
+
+    def _accept(self, invoice: Invoice, doc: Document | None, prepared: Prepared) -> None:
+        try:
+            warnings = ensure_valid(invoice, self.rules)
+        except HubError as exc:
+            prepared.failures.append(Failure(exc, doc, invoice, list(getattr(exc, "problems", []))))
+            return
+        prepared.accepted.append(Accepted(invoice, content_hash(invoice), doc, warnings))
+
+    # -----------------------------------------------------------------------------------------------
+    # Record (one transaction for a batch of prepared items)
+    # -----------------------------------------------------------------------------------------------
+    def write(self, conn: Connection, batch: Sequence[Prepared]) -> Written:
+        at = now()
+        self.ledger.put_documents(conn, [d for p in batch for d in p.documents])
+        identities = {a.invoice.identity for p in batch for a in p.accepted}
+        known: dict[tuple[str, str], dict[str, Any]] = {}
+        if identities:
+            for row in conn.execute(
+                sa.select(
+                    t.invoice_versions.c.id,
+                    t.invoice_versions.c.identity,
+                    t.invoice_versions.c.content_hash,
+                    t.invoice_versions.c.status,
+                ).where(t.invoice_versions.c.identity.in_(list(identities)))
+            ).mappings():
+                known[(row["identity"], row["content_hash"])] = dict(row)
+
+        known_identities = {identity for identity, _ in known}
+        # First pass: which versions are new (once each, even when a batch holds one twice).
+        new_rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for prepared in batch:
+            for acc in prepared.accepted:
+                inv = acc.invoice
+                key = (inv.identity, acc.content_hash)
+                if key in known or key in new_rows:
+                    continue
+                new_rows[key] = {
+                    "identity": inv.identity,
+                    "content_hash": acc.content_hash,
+                    "canonical_version": CANONICAL_VERSION,
+                    "kind": inv.kind.value,
+                    "number": inv.number,
+                    "code": inv.code,
+                    "status": inv.status.value,
+                    "issue_date": inv.issue_date.isoformat(),
+                    "seller_tax_id": inv.seller.tax_id,
+                    "buyer_tax_id": inv.buyer.tax_id,
+                    "gross": format(inv.totals.gross, "f"),
+                    "currency": inv.currency,
+                    "invoice_json": inv.model_dump_json(),
+                    "document_sha256": acc.document.sha256 if acc.document else None,
+                    "source": prepared.source,
+                    "warnings": dumps([p.__dict__ for p in acc.warnings]) if acc.warnings else None,
+                    "received_at": at,
+                }
+        if new_rows:
+            # Plain executemany (one statement per chunk) and the ids read back: RETURNING with a
+            # guaranteed order falls back to one statement per row on SQLite.
+            conn.execute(t.invoice_versions.insert(), list(new_rows.values()))
+            v = t.invoice_versions
+            fresh: dict[tuple[str, str], dict[str, Any]] = {}
+            wanted = list({identity for identity, _ in new_rows})
+            for start in range(0, len(wanted), 500):
+                for vrow in conn.execute(
+                    sa.select(v.c.id, v.c.identity, v.c.content_hash, v.c.status).where(
+                        v.c.identity.in_(wanted[start : start + 500])
+                    )
+                ):
+                    key = (vrow.identity, vrow.content_hash)
+                    if key in new_rows:
+                        fresh[key] = {"id": vrow.id, "status": vrow.status, "new": True}
+        else:
+            fresh = {}  # nothing new in this batch
+
+        outcomes: list[IntakeOutcome] = []
+        events: list[dict[str, Any]] = []
+        planned: list[tuple[dict[str, Any], list[tuple[Route, str]]]] = []
+        for prepared in batch:
+            outcome = IntakeOutcome()
+            for acc in prepared.accepted:
+                inv, chash = acc.invoice, acc.content_hash
+                identity = inv.identity
+                key = (identity, chash)
+                version = fresh.get(key)
+                if version is not None and version.pop("new", False):
+                    if identity in known_identities:
+                        outcome.amendments += 1
+                    known_identities.add(identity)
+                    known[key] = version
+                    event_type = "invoice.received"
+                else:
+                    version = known[key]
+                    if version["status"] != inv.status.value:
+                        event_type = "invoice.status_changed"
+                        conn.execute(
+                            t.invoice_versions.update()
+                            .where(t.invoice_versions.c.id == version["id"])
+                            .values(status=inv.status.value)
+                        )
+                        version["status"] = inv.status.value
+                    else:
+                        event_type = "invoice.received"
+                        outcome.duplicates += 1
+                event = {
+                    "id": uuid.uuid4().hex,
+                    "type": event_type,
+                    "source": prepared.source,
+                    "identity": identity,
+                    "content_hash": chash,
+                    "version_id": version["id"],
+                    "status": inv.status.value,
+                    "document_sha256": acc.document.sha256 if acc.document else None,
+                    "trace_id": prepared.trace_id,
+                    "received_at": at,
+                }
+                events.append(event)
+                planned.append((event, destinations_for(self.config, prepared.source, event_type, inv)))
+                outcome.accepted += 1
+                outcome.identities.append(identity)
+            for failure in prepared.failures:
+                self.dead_letter_intake(conn, failure, prepared.source, at)
+                outcome.dead_letters += 1
+            outcomes.append(outcome)
+        if events:
+            conn.execute(t.events.insert(), events)
+        publish = self._plan_deliveries(conn, planned, at)
+        return Written(outcomes, publish, events)
+
+    def _plan_deliveries(
+        self, conn: Connection, planned: list[tuple[dict[str, Any], list[tuple[Route, str]]]], at: datetime
+    ) -> dict[str, list[int]]:
+        """One delivery per destination; a key already live there is recorded as a skipped duplicate."""
+        rows: list[dict[str, Any]] = []
+        for event, targets in planned:
+            idem = event["content_hash"]
+            if event["type"] == "invoice.status_changed":
+                idem = f"{event['content_hash']}:{event['status']}"
+            for route, destination in targets:
+                rows.append(
+                    {
+                        "event_id": event["id"],
+                        "destination": destination,
+                        "route": route.name,
+                        "idem_key": idem,
+                        "identity": event["identity"],
+                        "content_hash": event["content_hash"],
+                        "state": t.PENDING,
+                        "attempts": 0,
+                        "created_at": at,
+                        "updated_at": at,
+                        "published_at": at,
+                    }
+                )
+        if not rows:
+            return {}
+        live: dict[tuple[str, str], int] = {}
+        keys = list({r["idem_key"] for r in rows})
+        for chunk_start in range(0, len(keys), 500):
+            for live_row in conn.execute(
+                sa.select(t.deliveries.c.id, t.deliveries.c.destination, t.deliveries.c.idem_key).where(
+                    t.deliveries.c.idem_key.in_(keys[chunk_start : chunk_start + 500]),
+                    t.deliveries.c.state.in_((t.PENDING, t.INFLIGHT, t.RETRYING, t.DELIVERED)),
+                )
+            ):
+                live.setdefault((live_row.destination, live_row.idem_key), live_row.id)
+        skipped: list[tuple[dict[str, Any], int | None]] = []
+        fresh: list[dict[str, Any]] = []
+        seen_in_batch: set[tuple[str, str]] = set()
+        for row in rows:
+            k = (row["destination"], row["idem_key"])
+            if k in live or k in seen_in_batch:
+                row["state"] = t.SKIPPED
+                row["duplicate_of"] = live.get(k)
+                row["published_at"] = None
+                skipped.append((row, live.get(k)))
+            else:
+                seen_in_batch.add(k)
+                fresh.append(row)
+        publish: dict[str, list[int]] = defaultdict(list)
+        transitions: list[tuple[int, str | None, str, str | None]] = []
+        for group, state in ((fresh, t.PENDING), ([r for r, _ in skipped], t.SKIPPED)):
+            if not group:
+                continue
+            for row in group:
+                row.setdefault("duplicate_of", None)
+            conn.execute(t.deliveries.insert(), group)
+            d = t.deliveries
+            by_key = {}
+            event_ids = list({row["event_id"] for row in group})
+            for start in range(0, len(event_ids), 500):
+                for found in conn.execute(
+                    sa.select(d.c.id, d.c.event_id, d.c.destination).where(
+                        d.c.event_id.in_(event_ids[start : start + 500])
+                    )
+                ):
+                    by_key[(found.event_id, found.destination)] = found.id
+            ids = [by_key[(row["event_id"], row["destination"])] for row in group]
+            for row, delivery_id in zip(group, ids, strict=True):
+                if state == t.PENDING:
+                    publish[row["destination"]].append(delivery_id)
+                    transitions.append((delivery_id, None, t.PENDING, None))
+                else:
+                    detail = (
+                        f"duplicate of delivery {row['duplicate_of']}" if row["duplicate_of"] else "duplicate"
+                    )
+                    transitions.append((delivery_id, None, t.SKIPPED, detail))
+        # Keys seen twice in one batch point at the first delivery of that key.
+        self.ledger.transition(conn, transitions, at)
+        return dict(publish)
+
+    def dead_letter_intake(self, conn: Connection, failure: Failure, source: str, at: datetime) -> int:
+        """Record a dead letter, once: the same document failing the same way again (a mail re-read after
+        a crash, a broken file sent twice) finds its open letter and adds none."""
+        error = failure.error
+        inv = failure.invoice
+        if failure.document is not None:
+            existing = conn.execute(
+                sa.select(t.dead_letters.c.id).where(
+                    t.dead_letters.c.document_sha256 == failure.document.sha256,
+                    t.dead_letters.c.stage == "intake",
+                    t.dead_letters.c.state == "open",
+                    t.dead_letters.c.message == str(error),
+                )
+            ).scalar()
+            if existing is not None:
+                conn.execute(
+                    t.dead_letters.update().where(t.dead_letters.c.id == existing).values(updated_at=at)
+                )
+                return int(existing)
+        detail: dict[str, Any] = dict(getattr(error, "context", {}) or {})
+        if failure.problems:
+            detail["problems"] = [p.__dict__ for p in failure.problems]
+        return int(
+            conn.execute(
+                t.dead_letters.insert().returning(t.dead_letters.c.id),
+                {
+                    "stage": "intake",
+                    "source": source,
+                    "identity": inv.identity if inv else None,
+                    "content_hash": content_hash(inv) if inv else None,
+                    "invoice_json": inv.model_dump_json() if inv else None,
+                    "document_sha256": failure.document.sha256 if failure.document else None,
+                    "error_class": type(error).__name__,
+                    "message": str(error),
+                    "traceback": "".join(traceback.format_exception(error)),
+                    "detail": dumps(detail) if detail else None,
+                    "attempts": 0,
+                    "state": "open",
+                    "created_at": at,
+                    "updated_at": at,
+                },
+            ).scalar_one()
+        )

@@ -1,0 +1,297 @@
+"""The ledger: the hub's durable memory and its outbox (SQLAlchemy 2, SQLite in WAL mode or PostgreSQL).
+
+Everything that happens to an invoice is written here before anything is acknowledged: documents
+(raw bytes), invoice versions by identity, events, deliveries with every state change, attempts,
+dead letters, source checkpoints and the operator audit log. The bus only carries delivery ids; a
+message lost or duplicated on the bus changes nothing the ledger does not already know.
+
+SQLite runs with ``journal_mode=WAL`` and ``synchronous=NORMAL``: a committed transaction survives a
+crash of the process (``kill -9``); only a power loss can take the last few commits, and the outbox
+then re-derives nothing wrong, it just has fewer invoices. Writers open ``BEGIN IMMEDIATE`` so two
+threads never deadlock on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from hub.errors import LedgerError
+from hub.ledger import schema as t
+from hub.ledger.schema import LATEST, MIGRATIONS
+from hub.models import Document
+
+__all__ = ["Ledger", "document_from_row", "t"]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def loads(value: str | bytes | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+def document_from_row(row: Any) -> Document:
+    """A ``Document`` from a row of the documents table (a mapping)."""
+    return Document(
+        content=row["content"],
+        media_type=row["media_type"],
+        filename=row["filename"],
+        source=row["source"],
+        origin=row["origin"],
+        parent_sha256=row["parent_sha256"],
+        received_at=row["received_at"],
+    )
+
+
+class Ledger:
+    """One ledger database. Thread-safe: every transaction takes its own pooled connection."""
+
+    def __init__(self, url: str, *, migrate: bool = True, echo: bool = False) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["pool_size"] = 16
+        else:
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 20
+            kwargs["pool_pre_ping"] = True
+        try:
+            self.engine: Engine = sa.create_engine(url, **kwargs)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise LedgerError(f"cannot open the ledger {self.safe_url}: {exc}") from exc
+        if self.dialect == "sqlite":
+            self._sqlite_setup(self.engine)
+        self._migrate_lock = threading.Lock()
+        self._write_lock: Any = threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        if migrate:
+            self.migrate()
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @staticmethod
+    def _sqlite_setup(engine: Engine) -> None:
+        @sa_event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA temp_store=MEMORY")
+            cur.close()
+
+        @sa_event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # Writers take the write lock up front (no deadlock on a lock upgrade); readers do not.
+            conn.exec_driver_sql(
+                "BEGIN IMMEDIATE" if conn.get_execution_options().get("hub_write") else "BEGIN"
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -----------------------------------------------------------------------------------------------
+    # Transactions and migrations
+    # -----------------------------------------------------------------------------------------------
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction; ``LedgerError`` when the database cannot be reached.
+
+        On SQLite the threads of one process take turns through a lock before ``BEGIN IMMEDIATE``:
+        SQLite's own busy handler sleeps and polls, a lock wakes the next writer at once."""
+        try:
+            with self._write_lock, self.engine.connect() as conn:
+                conn.execution_options(hub_write=True)
+                with conn.begin():
+                    yield conn
+        except sa.exc.OperationalError as exc:
+            raise LedgerError(f"ledger {self.safe_url} failed: {exc.orig}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.begin() as conn:
+            yield conn
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("schema_migrations"):
+                return 0
+            return int(conn.execute(sa.select(sa.func.max(t.schema_migrations.c.version))).scalar() or 0)
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations this ledger has not seen; returns the versions applied."""
+        applied: list[int] = []
+        with self._migrate_lock:
+            try:
+                with self.engine.begin() as conn:
+                    if self.dialect == "postgresql":
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(724331)"))
+                    t.schema_migrations.create(conn, checkfirst=True)
+                    have = set(conn.execute(sa.select(t.schema_migrations.c.version)).scalars())
+                    if have and max(have) > LATEST:
+                        raise LedgerError(
+                            f"the ledger is at schema version {max(have)}, newer than this hub ({LATEST}); "
+                            "upgrade invoice-hub"
+                        )
+                    for version, name, fn in MIGRATIONS:
+                        if version in have:
+                            continue
+                        fn(conn)
+                        conn.execute(
+                            t.schema_migrations.insert().values(version=version, name=name, applied_at=now())
+                        )
+                        applied.append(version)
+            except SQLAlchemyError as exc:
+                raise LedgerError(f"cannot migrate the ledger {self.safe_url}: {exc}") from exc
+        return applied
+
+    # -----------------------------------------------------------------------------------------------
+    # Documents
+    # -----------------------------------------------------------------------------------------------
+    def put_documents(self, conn: Connection, docs: Sequence[Document]) -> None:
+        """Insert documents not yet stored (by sha256); existing ones are kept as they are."""
+        if not docs:
+            return
+        unique = {d.sha256: d for d in docs}
+        have = set(
+            conn.execute(
+                sa.select(t.documents.c.sha256).where(t.documents.c.sha256.in_(list(unique)))
+            ).scalars()
+        )
+        rows = [
+            {
+                "sha256": sha,
+                "media_type": d.media_type,
+                "filename": d.filename,
+                "source": d.source,
+                "origin": d.origin,
+                "parent_sha256": d.parent_sha256,
+                "size": d.size,
+                "received_at": d.received_at,
+                "content": d.content,
+            }
+            for sha, d in unique.items()
+            if sha not in have
+        ]
+        if rows:
+            conn.execute(t.documents.insert(), rows)
+
+    def get_document(self, sha256: str, conn: Connection | None = None) -> Document | None:
+        def fetch(c: Connection) -> Document | None:
+            row = c.execute(sa.select(t.documents).where(t.documents.c.sha256 == sha256)).mappings().first()
+            return None if row is None else document_from_row(row)
+
+        if conn is not None:
+            return fetch(conn)
+        with self.engine.connect() as c:
+            return fetch(c)
+
+    # -----------------------------------------------------------------------------------------------
+    # Checkpoints and audit
+    # -----------------------------------------------------------------------------------------------
+    def get_checkpoint(self, connector: str) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(
+                    sa.select(t.checkpoints.c.value).where(t.checkpoints.c.connector == connector)
+                ).scalar()
+        except sa.exc.OperationalError as exc:
+            raise LedgerError(f"ledger {self.safe_url} failed: {exc.orig}") from exc
+        return None if value is None else str(value)
+
+    def set_checkpoint(self, conn: Connection, connector: str, value: str) -> None:
+        updated = conn.execute(
+            t.checkpoints.update()
+            .where(t.checkpoints.c.connector == connector)
+            .values(value=value, updated_at=now())
+        ).rowcount
+        if not updated:
+            conn.execute(t.checkpoints.insert().values(connector=connector, value=value, updated_at=now()))
+
+    def audit(
+        self,
+        conn: Connection,
+        *,
+        actor: str,
+        action: str,
+        target: str | None,
+        reason: str | None = None,
+        detail: Any = None,
+    ) -> None:
+        conn.execute(
+            t.audit_log.insert().values(
+                at=now(),
+                actor=actor,
+                action=action,
+                target=target,
+                reason=reason,
+                detail=None if detail is None else dumps(detail),
+            )
+        )
+
+    def transition(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[int, str | None, str, str | None]],
+        at: datetime | None = None,
+    ) -> None:
+        """Record state changes: (delivery_id, from_state, to_state, detail)."""
+        if rows:
+            when = at or now()
+            conn.execute(
+                t.transitions.insert(),
+                [
+                    {"delivery_id": d, "from_state": f, "to_state": s, "at": when, "detail": detail}
+                    for d, f, s, detail in rows
+                ],
+            )
+
+    # -----------------------------------------------------------------------------------------------
+    # Outbox helpers (scale-out)
+    # -----------------------------------------------------------------------------------------------
+    def mark_unpublished(self, ids: Sequence[int]) -> None:
+        """Deliveries whose message did not reach the bus: the relay's next pass publishes them again
+        (rather than waiting for the stale-message timeout)."""
+        if not ids:
+            return
+        d = t.deliveries
+        with self.begin() as conn:
+            for start in range(0, len(ids), 1000):
+                conn.execute(
+                    d.update()
+                    .where(d.c.id.in_(list(ids[start : start + 1000])), d.c.state.in_(t.OPEN_STATES))
+                    .values(published_at=None)
+                )
+
+    def locking(self, select: Any) -> Any:
+        """``select`` with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: concurrent relays (several
+        ``hub run`` processes) each take rows no other transaction holds. SQLite is one process
+        (``BEGIN IMMEDIATE`` already serialises writers), so the select is returned unchanged."""
+        if self.dialect == "postgresql":
+            return select.with_for_update(skip_locked=True)
+        return select

@@ -1,0 +1,1 @@
+"""Templates ``hub new-plugin`` writes a vendor package from (see hub/scaffold.py)."""

@@ -1,0 +1,135 @@
+"""``recording``: a sink that records what reached it — for tests, benchmarks and demos.
+
+Every call to ``deliver`` is counted per idempotency key in a SQLite file (``path``), so a test can
+prove that no key was delivered twice (a count above 1 means the hub called the sink twice for one
+key; a real sink would deduplicate, this one tells). Without ``path`` it counts in memory.
+
+Fault injection for fault tests: ``fail_first`` transient failures per key, ``poison`` (numbers that
+make the sink crash every time), ``down_file`` (while that file exists, every call fails as
+connection refused), ``rate_limit_first`` (429 with ``retry_after``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field
+
+from hub import (
+    ConnectorSettings,
+    DeliveryRequest,
+    Health,
+    Inventory,
+    InventoryItem,
+    RateLimited,
+    Receipt,
+    Sink,
+    TransientError,
+    hookimpl,
+)
+
+
+class RecordingSettings(ConnectorSettings):
+    path: Path | None = None
+    fail_first: int = Field(0, ge=0)
+    rate_limit_first: int = Field(0, ge=0)
+    retry_after: float = Field(1.0, ge=0)
+    poison: list[str] = Field(default_factory=list)
+    down_file: Path | None = None
+
+
+class RecordingSink(Sink, Inventory):
+    type_name = "recording"
+    Settings = RecordingSettings
+    settings: RecordingSettings
+
+    def __init__(self, settings: RecordingSettings, context) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(settings, context)
+        self._lock = threading.Lock()
+        self._faults = bool(settings.fail_first or settings.rate_limit_first)
+        target = str(settings.path) if settings.path else ":memory:"
+        if settings.path:
+            settings.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS received (key TEXT PRIMARY KEY, identity TEXT, content_hash TEXT,"
+            " number TEXT, issue_date TEXT, gross TEXT, currency TEXT, amends TEXT, count INTEGER)"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, n INTEGER)")
+
+    def deliver(self, request: DeliveryRequest) -> Receipt:
+        key = request.idempotency_key
+        inv = request.invoice
+        n = 1
+        if self._faults:
+            with self._lock:
+                # Calls are counted in the file too, so fault injection holds across restarts.
+                n = self._db.execute(
+                    "INSERT INTO calls VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1 RETURNING n",
+                    (key,),
+                ).fetchone()[0]
+        if self.settings.down_file is not None and self.settings.down_file.exists():
+            raise TransientError(f"{self.name}: connection refused (down)", connector=self.name)
+        if any(p in inv.number for p in self.settings.poison):
+            raise RuntimeError(f"recording sink crashed on poison invoice {inv.number}")
+        if n <= self.settings.rate_limit_first:
+            raise RateLimited(
+                f"{self.name}: 429 Too Many Requests",
+                retry_after=self.settings.retry_after,
+                remote_status=429,
+            )
+        if n <= self.settings.rate_limit_first + self.settings.fail_first:
+            raise TransientError(
+                f"{self.name}: 503 Service Unavailable", remote_status=503, remote_body="try again later"
+            )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO received VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT(key) DO UPDATE SET count = count + 1",
+                (
+                    key,
+                    request.event.identity,
+                    request.event.content_hash,
+                    inv.number,
+                    inv.issue_date.isoformat(),
+                    format(inv.totals.gross, "f"),
+                    inv.currency,
+                    request.amends,
+                ),
+            )
+        return Receipt(
+            remote_ref=f"rec:{key[:16]}", detail={"amends": request.amends} if request.amends else {}
+        )
+
+    def inventory(self, since: date | None = None, until: date | None = None) -> Iterator[InventoryItem]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT identity, content_hash, issue_date, gross, currency, number"
+                " FROM received ORDER BY identity, content_hash"
+            ).fetchall()
+        # One item per version: a status change ("hash:status") or a re-send is not a version of its own.
+        for identity, chash, issued, gross, currency, number in rows:
+            day = date.fromisoformat(issued)
+            if (since and day < since) or (until and day > until):
+                continue
+            yield InventoryItem(identity, chash, day, Decimal(gross), currency, number=number)
+
+    def health(self) -> Health:
+        if self.settings.down_file is not None and self.settings.down_file.exists():
+            return Health(False, "down (down_file exists)")
+        return Health(True, "recording")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@hookimpl
+def hub_register_connector_types() -> list[type]:
+    return [RecordingSink]

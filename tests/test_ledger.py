@@ -1,0 +1,160 @@
+"""The ledger on SQLite and on PostgreSQL: migrations, the outbox, the atomic claim, the whole flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from hub.config import load_config
+from hub.connectors import Incoming
+from hub.engine import Hub
+from hub.factory import invoice_json
+from hub.ledger import Ledger, now
+from hub.ledger import schema as t
+from hub.ledger.schema import LATEST
+from hub.models import Document
+from tests.conftest import write_hub_yaml
+
+
+def hub_config(tmp_path: Path, ledger_url: str, **sink: Any) -> Path:
+    return write_hub_yaml(
+        tmp_path / "hub.yaml",
+        {
+            "ledger": ledger_url,
+            "data_dir": str(tmp_path / ".hub"),
+            "worker": {"threads": 2, "relay_interval": 0.2},
+            "retry": {"max_attempts": 3, "initial_delay": 0.05, "max_delay": 0.2, "jitter": 0.1},
+            "connectors": {
+                # Documents come in by hand here (Hub.ingest with source "manual"); the folder is unused.
+                "manual": {"type": "files", "enabled": False, "settings": {"path": str(tmp_path)}},
+                "sink": {"type": "recording", "settings": {"path": str(tmp_path / "sink.db"), **sink}},
+            },
+            "routes": [{"name": "manual", "from": "manual", "to": "sink"}],
+        },
+    )
+
+
+def docs(numbers: range) -> list[Incoming]:
+    return [
+        Incoming(
+            documents=[
+                Document(
+                    content=invoice_json(i),
+                    media_type="application/json",
+                    filename=f"{i}.json",
+                    source="manual",
+                )
+            ],
+            key=str(i),
+        )
+        for i in numbers
+    ]
+
+
+def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    try:
+        assert ledger.schema_version() == LATEST
+        assert ledger.migrate() == []
+        with ledger.engine.connect() as conn:
+            names = set(sa.inspect(conn).get_table_names())
+        assert {
+            "documents",
+            "invoice_versions",
+            "deliveries",
+            "delivery_transitions",
+            "attempts",
+            "dead_letters",
+            "checkpoints",
+            "audit_log",
+            "schema_migrations",
+        } <= names
+    finally:
+        ledger.close()
+
+
+def test_claim_index_allows_one_claimed_or_delivered_per_key(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    at = now()
+    row = {
+        "event_id": "e",
+        "destination": "erp",
+        "idem_key": "k",
+        "identity": "CN:1",
+        "content_hash": "h",
+        "attempts": 0,
+        "created_at": at,
+        "updated_at": at,
+    }
+    try:
+        with ledger.begin() as conn:
+            conn.execute(
+                t.deliveries.insert(),
+                [{**row, "state": "delivered"}, {**row, "state": "pending"}, {**row, "state": "dead"}],
+            )
+        with pytest.raises(IntegrityError), ledger.begin() as conn:
+            conn.execute(
+                t.deliveries.update().where(t.deliveries.c.state == "pending").values(state="inflight")
+            )
+        with ledger.begin() as conn:  # another destination may hold the same key
+            conn.execute(t.deliveries.insert(), [{**row, "destination": "archive", "state": "inflight"}])
+    finally:
+        ledger.close()
+
+
+def test_checkpoints_and_audit_are_kept(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    try:
+        assert ledger.get_checkpoint("erp") is None
+        with ledger.begin() as conn:
+            ledger.set_checkpoint(conn, "erp", "2026-11-01T00:00:00|41")
+        with ledger.begin() as conn:
+            ledger.set_checkpoint(conn, "erp", "2026-11-02T00:00:00|42")
+            ledger.audit(
+                conn, actor="alice", action="dlq.replay", target="dead_letter:1", reason="sink fixed"
+            )
+        assert ledger.get_checkpoint("erp") == "2026-11-02T00:00:00|42"
+        with ledger.engine.connect() as conn:
+            audit = conn.execute(sa.select(t.audit_log)).mappings().one()
+        assert (audit["actor"], audit["action"], audit["reason"]) == ("alice", "dlq.replay", "sink fixed")
+        assert audit["at"].tzinfo is not None
+    finally:
+        ledger.close()
+
+
+def test_flow_on_both_ledgers(tmp_path: Path, ledger_url: str) -> None:
+    """Intake → deliveries → sink → outcome, with duplicates skipped and every transition timestamped."""
+    with Hub(load_config(hub_config(tmp_path, ledger_url, fail_first=1))) as hub:
+        outcomes = hub.ingest(docs(range(40)), "manual")
+        assert sum(o.accepted for o in outcomes) == 40
+        again = hub.ingest(docs(range(30, 45)), "manual")  # 10 duplicates, 5 new
+        assert sum(o.duplicates for o in again) == 10
+        summary = hub.run(until_idle=True)
+        assert summary["open"] == 0
+        with hub.ledger.engine.connect() as conn:
+            states = dict(
+                conn.execute(
+                    sa.select(t.deliveries.c.state, sa.func.count()).group_by(t.deliveries.c.state)
+                ).all()
+            )
+            transitions = conn.execute(sa.select(t.transitions)).mappings().all()
+            failed_attempts = conn.execute(
+                sa.select(sa.func.count()).select_from(t.attempts).where(t.attempts.c.outcome == "retrying")
+            ).scalar()
+        assert states == {"delivered": 45, "skipped": 10}
+        assert failed_attempts == 45  # fail_first=1: every key failed once, then went through
+        assert all(tr["at"].tzinfo is not None for tr in transitions)
+        assert {(tr["from_state"], tr["to_state"]) for tr in transitions} >= {
+            (None, "pending"),
+            ("pending", "inflight"),
+            ("inflight", "retrying"),
+            ("retrying", "inflight"),
+            ("inflight", "delivered"),
+            (None, "skipped"),
+        }
+        sink = hub.connectors["sink"]
+        assert len(list(sink.inventory())) == 45  # type: ignore[attr-defined]
