@@ -50,6 +50,7 @@ def ident(value: str | None) -> str | None:
     return compact_id(value) or None
 
 
+@lru_cache(maxsize=65536)  # equal Decimals (100, 100.00) have one canonical form: caching by value is exact
 def number(value: Decimal | None) -> str | None:
     if value is None:
         return None

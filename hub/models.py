@@ -55,6 +55,11 @@ def compact_id(text: str) -> str:
 
 
 def _read_decimal(value: Any) -> Any:
+    if value.__class__ is str and value.isascii() and "," not in value and "%" not in value:
+        try:
+            return Decimal(value)  # the common case, first: "214.02"
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a number") from None
     if isinstance(value, float):
         raise ValueError("money and quantities must not be floats; pass a string or Decimal")
     if isinstance(value, str):
@@ -76,6 +81,11 @@ def _read_rate(value: Any) -> Any:
         return value
     if isinstance(value, float):
         raise ValueError("a tax rate must not be a float; pass a string or Decimal")
+    if value.__class__ is str and value.isascii() and value[:2] == "0." and "%" not in value:
+        try:
+            return Decimal(value)  # the common case, first: "0.13"
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a tax rate") from None
     text = nfkc(str(value)).strip()
     if text in {"免税", "不征税", "***", ""}:
         return None
@@ -103,6 +113,11 @@ def read_date(value: Any) -> Any:
         seconds = value / 1000 if value > 10**11 else value
         return datetime.fromtimestamp(seconds, SHANGHAI).date()
     if isinstance(value, str):
+        if len(value) == 10 and value[4] == "-" and value[7] == "-" and value.isascii():
+            try:
+                return date.fromisoformat(value)  # the common case, first: "2026-02-28"
+            except ValueError:
+                raise ValueError(f"{value!r} is not a date this hub can read") from None
         text = nfkc(value).strip()
         if text.isdigit() and len(text) >= 10:
             return read_date(int(text))
@@ -131,10 +146,6 @@ def _read_number(value: Any) -> Any:
     return compact_number(value) if isinstance(value, str) else value
 
 
-def _read_text(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
-
-
 def _decimal_str(value: Decimal) -> str:
     return format(value, "f")
 
@@ -151,8 +162,9 @@ Identifier = Annotated[str, BeforeValidator(_read_id)]
 OptIdentifier = Annotated[str | None, BeforeValidator(_read_id)]
 DocNumber = Annotated[str, BeforeValidator(_read_number)]
 OptDocNumber = Annotated[str | None, BeforeValidator(_read_number)]
-Text = Annotated[str, BeforeValidator(_read_text)]
-OptText = Annotated[str | None, BeforeValidator(_read_text)]
+#: Free text; surrounding whitespace is stripped by the invoice models' ``str_strip_whitespace``.
+Text = str
+OptText = str | None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,7 +190,7 @@ class InvoiceKind(StrEnum):
 
     @property
     def is_cn(self) -> bool:
-        return self.is_cn_digital or self.is_cn_legacy
+        return self._value_.startswith("cn.")
 
 
 class InvoiceStatus(StrEnum):
@@ -206,7 +218,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
 
 
-class Party(_Model):
+class _InvoiceModel(_Model):
+    """The invoice's own models: text fields come without surrounding whitespace (stripped in
+    pydantic-core, not in a Python validator per field)."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+
+class Party(_InvoiceModel):
     name: Text
     tax_id: OptIdentifier = None
     address: OptText = None
@@ -216,7 +235,7 @@ class Party(_Model):
     country: OptIdentifier = None
 
 
-class Line(_Model):
+class Line(_InvoiceModel):
     name: Text
     spec: OptText = None
     unit: OptText = None
@@ -232,7 +251,7 @@ class Line(_Model):
     charges: Money = Decimal(0)
 
 
-class Totals(_Model):
+class Totals(_InvoiceModel):
     net: Money
     tax: Money
     gross: Money
@@ -246,7 +265,7 @@ class Totals(_Model):
         return self.payable if self.payable is not None else self.gross - self.prepaid
 
 
-class Invoice(_Model):
+class Invoice(_InvoiceModel):
     """One invoice as the hub understands it, whatever format it arrived in."""
 
     kind: InvoiceKind

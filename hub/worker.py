@@ -101,6 +101,10 @@ class Worker:
         self.observers = observers or []
         self.stats = WorkerStats()
         self.lease = timedelta(seconds=config.worker.lease_seconds)
+        #: Deliveries whose sink call runs now: id → (attempt, when the lease was last set).
+        self._held: dict[int, tuple[int, float]] = {}
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     # -----------------------------------------------------------------------------------------------
     def handle(self, destination: str, delivery_ids: list[int]) -> None:
@@ -128,37 +132,50 @@ class Worker:
 
     @contextmanager
     def _renewing_leases(self, rows: list[dict[str, Any]]) -> Iterator[None]:
-        """Keep our claims while the sink calls of a batch run: every third of the lease, push
-        ``lease_until`` forward for the rows still ours. Without it a batch of slow calls (a platform
-        polling for its result) outlasts the lease and another worker delivers the same rows again."""
-        stop = threading.Event()
-        interval = max(0.2, self.lease.total_seconds() / 3)
-        d = t.deliveries
-
-        def renew() -> None:
-            while not stop.wait(interval):
-                try:
-                    with self.ledger.begin() as conn:
-                        for row in rows:
-                            conn.execute(
-                                d.update()
-                                .where(
-                                    d.c.id == row["id"],
-                                    d.c.state == t.INFLIGHT,
-                                    d.c.attempts == row["attempt"],
-                                )
-                                .values(lease_until=now() + self.lease)
-                            )
-                except HubError as exc:
-                    log.warning("lease_renewal_failed", error=str(exc), deliveries=len(rows))
-
-        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
-        thread.start()
+        """Keep our claims while the sink calls of a batch run. Without it a batch of slow calls (a
+        platform polling for its result) outlasts the lease and another worker delivers the same rows
+        again. One renewal thread per worker (started on first use) pushes ``lease_until`` forward for
+        the rows held longer than a third of the lease; a quick batch costs two dict updates."""
+        held = {row["id"]: (row["attempt"], time.monotonic()) for row in rows}
+        with self._held_lock:
+            self._held.update(held)
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewal", daemon=True)
+                self._renewer.start()
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
+            with self._held_lock:
+                for delivery_id in held:
+                    self._held.pop(delivery_id, None)
+
+    def _renew_leases(self) -> None:
+        interval = max(0.2, self.lease.total_seconds() / 3)
+        d = t.deliveries
+        while True:
+            time.sleep(interval / 2)
+            cutoff = time.monotonic() - interval
+            with self._held_lock:
+                due = [(i, a) for i, (a, since) in self._held.items() if since <= cutoff]
+            if not due:
+                continue
+            try:
+                with self.ledger.begin() as conn:
+                    until = now() + self.lease
+                    for delivery_id, attempt in due:
+                        conn.execute(
+                            d.update()
+                            .where(d.c.id == delivery_id, d.c.state == t.INFLIGHT, d.c.attempts == attempt)
+                            .values(lease_until=until)
+                        )
+            except HubError as exc:
+                log.warning("lease_renewal_failed", error=str(exc), deliveries=len(due))
+                continue
+            renewed_at = time.monotonic()
+            with self._held_lock:
+                for delivery_id, attempt in due:
+                    if delivery_id in self._held:
+                        self._held[delivery_id] = (attempt, renewed_at)
 
     # -----------------------------------------------------------------------------------------------
     def _claim(self, destination: str, ids: list[int]) -> tuple[list[dict[str, Any]], int]:

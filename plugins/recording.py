@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
@@ -41,6 +42,8 @@ class RecordingSettings(ConnectorSettings):
     retry_after: float = Field(1.0, ge=0)
     poison: list[str] = Field(default_factory=list)
     down_file: Path | None = None
+    #: Seconds each call takes before it answers: a slow remote system (a platform that polls).
+    delay: float = Field(0.0, ge=0)
 
 
 class RecordingSink(Sink, Inventory):
@@ -75,6 +78,8 @@ class RecordingSink(Sink, Inventory):
                     "INSERT INTO calls VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1 RETURNING n",
                     (key,),
                 ).fetchone()[0]
+        if self.settings.delay:
+            time.sleep(self.settings.delay)
         if self.settings.down_file is not None and self.settings.down_file.exists():
             raise TransientError(f"{self.name}: connection refused (down)", connector=self.name)
         if any(p in inv.number for p in self.settings.poison):

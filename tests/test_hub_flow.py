@@ -255,3 +255,36 @@ def test_ingest_by_hand(tmp_path: Path) -> None:
     rows = hub(cfg, "ingest", "--source", "inbox", str(one), "--json")
     assert rows[0]["identities"] == ["CN:25322000000000000005"]
     assert hub(cfg, "status", "--json")["deliveries"] == {"pending": 2}
+
+
+def test_a_sink_call_longer_than_the_lease_is_not_made_twice(tmp_path: Path) -> None:
+    """A slow destination (a platform that answers after seconds) keeps its claim: the worker renews
+    the lease while the call runs, so the relay does not hand the same delivery to the other thread."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(REPO / "examples" / "inbox" / "01-25322000000000000001.json", inbox)
+    cfg = write_hub_yaml(
+        tmp_path / "hub.yaml",
+        {
+            "ledger": f"sqlite:///{tmp_path}/ledger.db",
+            "data_dir": str(tmp_path / ".hub"),
+            "logging": {"level": "warning"},
+            "worker": {"threads": 2, "relay_interval": 0.1, "lease_seconds": 0.6},
+            "connectors": {
+                "inbox": {"type": "files", "settings": {"path": str(inbox), "min_age": 0}},
+                "rec": {"type": "recording", "settings": {"path": str(tmp_path / "rec.db"), "delay": 2.0}},
+            },
+            "routes": [{"name": "in", "from": "inbox", "to": ["rec"]}],
+        },
+    )
+    summary = hub(cfg, "run", "--until-idle", "--json")
+    assert summary["delivered"] == 1, summary
+    assert list(received(tmp_path).values()) == [1]
+    story = hub(cfg, "trace", "--json", summary_number(tmp_path))
+    details = json.dumps(story)
+    assert "claim lease expired" not in details, details
+
+
+def summary_number(tmp_path: Path) -> str:
+    with sqlite3.connect(tmp_path / "rec.db") as db:
+        return str(db.execute("SELECT number FROM received").fetchone()[0])

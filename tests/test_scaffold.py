@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import tomllib
@@ -111,10 +112,21 @@ def test_pip_install_e_then_hub_plugins_and_hub_run(
     generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=60
-    )
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
     python = str(venv / "bin" / "python")
+    # The new venv sees what this interpreter has installed (the hub among it), whether this one is
+    # the system's Python or a venv itself (where --system-site-packages would skip a level).
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(purelib) / "_parent_site.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in parents)
+    )
     install = subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(generated)],
         capture_output=True,
