@@ -44,6 +44,7 @@ def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
     from hub.canonical import content_hash
     from hub.config import HubConfig
     from hub.connectors import Incoming
+    from hub.engine import tune_gc
     from hub.intake import Accepted, Intake, Prepared
     from hub.ledger import Ledger
     from hub.models import Document, Invoice
@@ -51,14 +52,20 @@ def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
 
     payloads = [invoice_json(i) for i in range(count)]
     rules = builtin_rules()
-    t0 = time.perf_counter()
-    invoices = [Invoice.model_validate_json(p) for p in payloads]
-    t1 = time.perf_counter()
-    for inv in invoices:
-        validate(inv, rules)
-    t2 = time.perf_counter()
-    hashes = [content_hash(inv) for inv in invoices]
-    t3 = time.perf_counter()
+    tune_gc()  # as `hub run` does
+    # The per-step figures are the best of three passes (as timeit reports): on a shared machine a
+    # single pass measures the neighbours as much as the code.
+    best = [float("inf")] * 3
+    for _ in range(3):
+        t0 = time.perf_counter()
+        invoices = [Invoice.model_validate_json(p) for p in payloads]
+        t1 = time.perf_counter()
+        for inv in invoices:
+            validate(inv, rules)
+        t2 = time.perf_counter()
+        hashes = [content_hash(inv) for inv in invoices]
+        t3 = time.perf_counter()
+        best = [min(b, x) for b, x in zip(best, (t1 - t0, t2 - t1, t3 - t2), strict=True)]
     with tempfile.TemporaryDirectory() as tmp:
         config = HubConfig.model_validate(
             {
@@ -83,10 +90,10 @@ def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
     us = 1e6 / count
     return {
         "count": count,
-        "model_us": round((t1 - t0) * us, 1),
-        "rules_us": round((t2 - t1) * us, 1),
-        "canonical_hash_us": round((t3 - t2) * us, 1),
-        "validate_canonical_hash_us": round((t3 - t0) * us, 1),
+        "model_us": round(best[0] * us, 1),
+        "rules_us": round(best[1] * us, 1),
+        "canonical_hash_us": round(best[2] * us, 1),
+        "validate_canonical_hash_us": round(sum(best) * us, 1),
         "ledger_write_us": round((t5 - t4) * us, 1),
         "ledger_batch": batch,
         "peak_mb": round(_peak_mb(), 1),

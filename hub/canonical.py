@@ -50,13 +50,14 @@ def ident(value: str | None) -> str | None:
     return compact_id(value) or None
 
 
-@lru_cache(maxsize=65536)  # equal Decimals (100, 100.00) have one canonical form: caching by value is exact
 def number(value: Decimal | None) -> str | None:
     if value is None:
         return None
     if value == 0:
         return "0"
-    out = format(value.normalize(), "f")
+    out = str(value)  # "214.02", "100.00": already plain; only exponents need normalising
+    if "E" in out:
+        out = format(value.normalize(), "f")
     if "." in out:
         out = out.rstrip("0").rstrip(".")
     return out

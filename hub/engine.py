@@ -10,6 +10,7 @@ are closed. ``until_idle`` returns once every source has been read empty and no 
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import threading
 import time
@@ -50,6 +51,16 @@ class RunStats:
     amendments: int = 0
     intake_dead: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+def tune_gc() -> None:
+    """Garbage-collector settings for a long-running hub process. Invoices are trees without
+    reference cycles (reference counting frees them), yet every object allocated counts towards
+    CPython's cyclic collector, which by default runs every 700 allocations and walks the whole young
+    generation: a third of the cost of validating an invoice. Freeze what start-up loaded (modules,
+    plugins, config) out of the collector's view and run it less often."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class Hub:
@@ -349,6 +360,7 @@ class Hub:
         ``workers=False`` is the supervisor of ``hub run --workers N`` (sources and relay here, the
         workers in child processes); ``sources=False`` is such a child (workers only, no relay)."""
         self._take_lock()
+        tune_gc()
         destinations = self.destinations()
         self._until_ready(lambda: self.bus.declare(destinations))
         self.recover()

@@ -34,6 +34,10 @@ from hub import (
     hookimpl,
 )
 
+_INSERT = (
+    "INSERT INTO received VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT(key) DO UPDATE SET count = count + 1"
+)
+
 
 class RecordingSettings(ConnectorSettings):
     path: Path | None = None
@@ -68,8 +72,37 @@ class RecordingSink(Sink, Inventory):
         self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, n INTEGER)")
 
     def deliver(self, request: DeliveryRequest) -> Receipt:
+        self._admit(request)
+        with self._lock:
+            self._db.execute(_INSERT, self._row(request))
+        return self._receipt(request)
+
+    def deliver_batch(self, requests: list[DeliveryRequest]) -> list[Receipt | Exception]:
+        """Record a batch in one SQLite transaction; each request still meets the faults on its own."""
+        results: list[Receipt | Exception] = []
+        rows = []
+        for request in requests:
+            try:
+                self._admit(request)
+            except Exception as exc:  # this request's own answer (a fault, a poison crash)
+                results.append(exc)
+                continue
+            rows.append(self._row(request))
+            results.append(self._receipt(request))
+        if rows:
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany(_INSERT, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        return results
+
+    def _admit(self, request: DeliveryRequest) -> None:
+        """Count the call and raise the fault this call is configured to meet, if any."""
         key = request.idempotency_key
-        inv = request.invoice
         n = 1
         if self._faults:
             with self._lock:
@@ -82,8 +115,8 @@ class RecordingSink(Sink, Inventory):
             time.sleep(self.settings.delay)
         if self.settings.down_file is not None and self.settings.down_file.exists():
             raise TransientError(f"{self.name}: connection refused (down)", connector=self.name)
-        if any(p in inv.number for p in self.settings.poison):
-            raise RuntimeError(f"recording sink crashed on poison invoice {inv.number}")
+        if any(p in request.invoice.number for p in self.settings.poison):
+            raise RuntimeError(f"recording sink crashed on poison invoice {request.invoice.number}")
         if n <= self.settings.rate_limit_first:
             raise RateLimited(
                 f"{self.name}: 429 Too Many Requests",
@@ -94,21 +127,24 @@ class RecordingSink(Sink, Inventory):
             raise TransientError(
                 f"{self.name}: 503 Service Unavailable", remote_status=503, remote_body="try again later"
             )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO received VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) "
-                "ON CONFLICT(key) DO UPDATE SET count = count + 1",
-                (
-                    key,
-                    request.event.identity,
-                    request.event.content_hash,
-                    inv.number,
-                    inv.issue_date.isoformat(),
-                    format(inv.totals.gross, "f"),
-                    inv.currency,
-                    request.amends,
-                ),
-            )
+
+    @staticmethod
+    def _row(request: DeliveryRequest) -> tuple[str | None, ...]:
+        inv = request.invoice
+        return (
+            request.idempotency_key,
+            request.event.identity,
+            request.event.content_hash,
+            inv.number,
+            inv.issue_date.isoformat(),
+            format(inv.totals.gross, "f"),
+            inv.currency,
+            request.amends,
+        )
+
+    @staticmethod
+    def _receipt(request: DeliveryRequest) -> Receipt:
+        key = request.idempotency_key
         return Receipt(
             remote_ref=f"rec:{key[:16]}", detail={"amends": request.amends} if request.amends else {}
         )
