@@ -58,9 +58,17 @@ def tune_gc() -> None:
     reference cycles (reference counting frees them), yet every object allocated counts towards
     CPython's cyclic collector, which by default runs every 700 allocations and walks the whole young
     generation: a third of the cost of validating an invoice. Freeze what start-up loaded (modules,
-    plugins, config) out of the collector's view and run it less often."""
+    plugins, config) out of the collector's view and run it less often. Once per process: objects
+    frozen later (a second run in one process, as in tests) would keep any cyclic garbage forever."""
+    global _GC_TUNED
+    if _GC_TUNED:
+        return
+    _GC_TUNED = True
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+_GC_TUNED = False
 
 
 class Hub:
