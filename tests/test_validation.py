@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,62 @@ def test_a_crashing_rule_is_a_problem_not_a_crash() -> None:
 
     problems = validate(Invoice.model_validate(example("01-25322000000000000001.json")), [Broken()])
     assert problems[0].rule == "broken" and "ZeroDivisionError" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "read"),
+    [
+        ("amount", "214.02", "214.02"),
+        ("amount", " 214.02 ", "214.02"),
+        ("amount", "1,214.02", "1214.02"),
+        ("amount", "￥214.02", "214.02"),
+        ("amount", "２１４.０２", "214.02"),
+        ("tax_rate", "0.13", "0.13"),
+        ("tax_rate", "0.5%", "0.005"),
+        ("tax_rate", "13%", "0.13"),
+        ("tax_rate", "13", "0.13"),
+    ],
+)
+def test_amounts_and_rates_are_read_in_the_forms_sources_write(field: str, written: str, read: str) -> None:
+    line = {"name": " 技术服务费 ", "amount": "214.02", field: written}
+    invoice = Invoice.model_validate({**_minimal(), "lines": [line]})
+    assert invoice.lines[0].name == "技术服务费"
+    assert str(getattr(invoice.lines[0], field).normalize()) == str(Decimal(read).normalize())
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "message"),
+    [
+        ("amount", "12.3.4", "is not a number"),
+        ("amount", "15%", "is a percentage, not an amount"),
+        ("tax_rate", "0.1.3", "is not a tax rate"),
+    ],
+)
+def test_unreadable_amounts_and_rates_name_the_field(field: str, written: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        Invoice.model_validate({**_minimal(), "lines": [{"name": "x", "amount": "1", field: written}]})
+    assert f"lines.0.{field}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "written", ["2026-02-28", "20260228", "2026/02/28", "2026年02月28日", "2026-02-28T10:00:00+08:00"]
+)
+def test_issue_dates_are_read_in_the_forms_sources_write(written: str) -> None:
+    assert Invoice.model_validate({**_minimal(), "issue_date": written}).issue_date == date(2026, 2, 28)
+
+
+def test_an_impossible_issue_date_names_the_field() -> None:
+    with pytest.raises(ValueError, match="'2026-02-30' is not a date this hub can read") as caught:
+        Invoice.model_validate({**_minimal(), "issue_date": "2026-02-30"})
+    assert "issue_date" in str(caught.value)
+
+
+def _minimal() -> dict[str, Any]:
+    return {
+        "kind": "cn.digital.ordinary",
+        "number": "26312000000000000001",
+        "issue_date": "2026-02-28",
+        "seller": {"name": "上海示例科技有限公司"},
+        "buyer": {"name": "杭州示例贸易有限公司"},
+        "totals": {"net": "214.02", "tax": "0", "gross": "214.02"},
+    }
