@@ -184,30 +184,35 @@ class Worker:
         early = 0
         claimed: list[dict[str, Any]] = []
         with self.ledger.begin() as conn:
+            # Locked (PostgreSQL): a second thread or process handed the same ids (a message published
+            # twice) skips the rows this claim holds instead of judging them half-claimed.
             rows = (
                 conn.execute(
-                    sa.select(
-                        d.c.id,
-                        d.c.state,
-                        d.c.idem_key,
-                        d.c.identity,
-                        d.c.content_hash,
-                        d.c.route,
-                        d.c.attempts,
-                        d.c.next_attempt_at,
-                        d.c.event_id,
-                        e.c.type,
-                        e.c.source,
-                        e.c.trace_id,
-                        e.c.received_at,
-                        e.c.document_sha256,
-                        e.c.status,
-                        v.c.invoice_json,
+                    self.ledger.locking(
+                        sa.select(
+                            d.c.id,
+                            d.c.state,
+                            d.c.idem_key,
+                            d.c.identity,
+                            d.c.content_hash,
+                            d.c.route,
+                            d.c.attempts,
+                            d.c.next_attempt_at,
+                            d.c.event_id,
+                            e.c.type,
+                            e.c.source,
+                            e.c.trace_id,
+                            e.c.received_at,
+                            e.c.document_sha256,
+                            e.c.status,
+                            v.c.invoice_json,
+                        )
+                        .join(e, e.c.id == d.c.event_id)
+                        .join(v, v.c.id == e.c.version_id)
+                        .where(d.c.id.in_(ids), d.c.destination == destination)
+                        .where(d.c.state.in_((t.PENDING, t.RETRYING))),
+                        of=d,
                     )
-                    .join(e, e.c.id == d.c.event_id)
-                    .join(v, v.c.id == e.c.version_id)
-                    .where(d.c.id.in_(ids), d.c.destination == destination)
-                    .where(d.c.state.in_((t.PENDING, t.RETRYING)))
                 )
                 .mappings()
                 .all()

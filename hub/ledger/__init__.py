@@ -288,10 +288,11 @@ class Ledger:
                     .values(published_at=None)
                 )
 
-    def locking(self, select: Any) -> Any:
-        """``select`` with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: concurrent relays (several
-        ``hub run`` processes) each take rows no other transaction holds. SQLite is one process
-        (``BEGIN IMMEDIATE`` already serialises writers), so the select is returned unchanged."""
+    def locking(self, select: Any, of: Any = None) -> Any:
+        """``select`` with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: concurrent relays and workers
+        (threads or ``hub run`` processes) each take rows no other transaction holds; ``of`` limits the
+        lock to one table of a join. SQLite is one process (``BEGIN IMMEDIATE`` already serialises
+        writers), so the select is returned unchanged."""
         if self.dialect == "postgresql":
-            return select.with_for_update(skip_locked=True)
+            return select.with_for_update(skip_locked=True, of=of)
         return select
