@@ -24,6 +24,11 @@ BUYERS = [_code(f"9133010{i}MA2H0B3C4") for i in range(10)]
 _RATES = ("0.13", "0.09", "0.06")
 
 
+def invoice_number(i: int, year: int = 2025) -> str:
+    """The 20-digit number of invoice ``i``."""
+    return f"{year % 100:02d}31{2000000 + i // 10**9:07d}{i % 10**9:09d}"[:20].ljust(20, "0")
+
+
 def invoice_data(i: int, *, lines: int = 2, year: int = 2025) -> dict[str, Any]:
     """Invoice number ``i`` as the hub's JSON form (a 20-digit digitalised e-invoice)."""
     out_lines = []
@@ -47,7 +52,7 @@ def invoice_data(i: int, *, lines: int = 2, year: int = 2025) -> dict[str, Any]:
     tax = sum(Decimal(x["tax_amount"]) for x in out_lines)
     return {
         "kind": "cn.digital.special" if i % 2 else "cn.digital.ordinary",
-        "number": f"{year % 100:02d}31{2000000 + i // 10**9:07d}{i % 10**9:09d}"[:20].ljust(20, "0"),
+        "number": invoice_number(i, year),
         "issue_date": f"{year}-{1 + i % 12:02d}-{1 + i % 28:02d}",
         "currency": "CNY",
         "seller": {

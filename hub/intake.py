@@ -8,6 +8,7 @@ The caller publishes the returned delivery ids after the commit (the ledger is t
 
 from __future__ import annotations
 
+import threading
 import traceback
 import uuid
 from collections import defaultdict
@@ -34,6 +35,9 @@ log = structlog.get_logger()
 
 #: How deep containers (mail → zip → zip → file) may nest before intake stops unpacking.
 MAX_CONTAINER_DEPTH = 5
+
+#: How many just-validated invoices intake keeps for this process's workers (see ``Intake.take_parsed``).
+PARSED_KEPT = 8192
 
 
 @dataclass
@@ -80,6 +84,11 @@ class Intake:
         self.ledger = ledger
         self.parsers = list(parsers)
         self.rules: list[Rule] = [*builtin_rules(), *rules]
+        # New versions as validated here, by (identity, content hash), for a worker of this process to
+        # take instead of reading the stored JSON again. Bounded (oldest out first): a run whose workers
+        # live elsewhere (`hub run --workers N`) or fall behind just reads the JSON, as after a restart.
+        self._parsed: dict[tuple[str, str], Invoice] = {}
+        self._parsed_lock = threading.Lock()
 
     # -----------------------------------------------------------------------------------------------
     # Parse and validate (no database)
@@ -165,6 +174,19 @@ class Intake:
             return
         prepared.accepted.append(Accepted(invoice, content_hash(invoice), doc, warnings))
 
+    def take_parsed(self, identity: str, chash: str) -> Invoice | None:
+        """The invoice of version (identity, content hash) as intake validated it in this process, once:
+        the caller owns it (a second destination of the same version reads the stored JSON)."""
+        return self._parsed.pop((identity, chash), None)
+
+    def _keep_parsed(self, kept: dict[tuple[str, str], Invoice]) -> None:
+        with self._parsed_lock:
+            self._parsed.update(kept)
+            excess = len(self._parsed) - PARSED_KEPT
+            if excess > 0:
+                for key in list(self._parsed)[:excess]:
+                    self._parsed.pop(key, None)
+
     # -----------------------------------------------------------------------------------------------
     # Record (one transaction for a batch of prepared items)
     # -----------------------------------------------------------------------------------------------
@@ -215,7 +237,7 @@ class Intake:
         if new_rows:
             # Plain executemany (one statement per chunk) and the ids read back: RETURNING with a
             # guaranteed order falls back to one statement per row on SQLite.
-            conn.execute(t.invoice_versions.insert(), list(new_rows.values()))
+            self.ledger.insert_many(conn, t.invoice_versions, list(new_rows.values()))
             v = t.invoice_versions
             fresh: dict[tuple[str, str], dict[str, Any]] = {}
             wanted = list({identity for identity, _ in new_rows})
@@ -233,6 +255,7 @@ class Intake:
 
         outcomes: list[IntakeOutcome] = []
         events: list[dict[str, Any]] = []
+        kept: dict[tuple[str, str], Invoice] = {}
         planned: list[tuple[dict[str, Any], list[tuple[Route, str]]]] = []
         for prepared in batch:
             outcome = IntakeOutcome()
@@ -246,6 +269,7 @@ class Intake:
                         outcome.amendments += 1
                     known_identities.add(identity)
                     known[key] = version
+                    kept[key] = inv
                     event_type = "invoice.received"
                 else:
                     version = known[key]
@@ -281,8 +305,10 @@ class Intake:
                 outcome.dead_letters += 1
             outcomes.append(outcome)
         if events:
-            conn.execute(t.events.insert(), events)
+            self.ledger.insert_many(conn, t.events, events)
         publish = self._plan_deliveries(conn, planned, at)
+        if kept and publish:
+            self._keep_parsed(kept)
         return Written(outcomes, publish, events)
 
     def _plan_deliveries(
@@ -342,7 +368,7 @@ class Intake:
                 continue
             for row in group:
                 row.setdefault("duplicate_of", None)
-            conn.execute(t.deliveries.insert(), group)
+            self.ledger.insert_many(conn, t.deliveries, group)
             d = t.deliveries
             by_key = {}
             event_ids = list({row["event_id"] for row in group})

@@ -417,7 +417,9 @@ class Worker:
 
     # -----------------------------------------------------------------------------------------------
     def _request(self, destination: str, row: dict[str, Any]) -> DeliveryRequest:
-        invoice = Invoice.model_validate_json(row["invoice_json"])
+        invoice = self.intake.take_parsed(row["identity"], row["content_hash"])
+        if invoice is None:
+            invoice = Invoice.model_validate_json(row["invoice_json"])
         if row["type"] == "invoice.status_changed" and row.get("status"):
             # The stored version carries the status it was first seen with; the event carries the new one.
             invoice.status = InvoiceStatus(row["status"])
@@ -586,7 +588,7 @@ class Worker:
                 receipt = oc.receipt if oc.state == t.DELIVERED else None
                 updates.append(
                     {
-                        "b_id": oc.delivery_id,
+                        "id": oc.delivery_id,
                         "state": oc.state,
                         "updated_at": at,
                         "lease_until": None,
@@ -617,27 +619,8 @@ class Worker:
                 elif receipt is not None and receipt.remote_ref:
                     detail = f"remote ref {receipt.remote_ref}"
                 transitions.append((oc.delivery_id, oc.from_state, oc.state, detail))
-            conn.execute(
-                d.update()
-                .where(d.c.id == sa.bindparam("b_id"))
-                .values(
-                    {
-                        name: sa.bindparam(name)
-                        for name in (
-                            "state",
-                            "updated_at",
-                            "lease_until",
-                            "remote_ref",
-                            "receipt",
-                            "last_error",
-                            "next_attempt_at",
-                            "published_at",
-                        )
-                    }
-                ),
-                updates,
-            )
-            conn.execute(t.attempts.insert(), attempts_rows)
+            self.ledger.update_many(conn, d, updates)
+            self.ledger.insert_many(conn, t.attempts, attempts_rows)
             self.ledger.transition(conn, transitions, at)
             for oc in owned:
                 if oc.state == t.DEAD and oc.error is not None:

@@ -1,8 +1,12 @@
 """The JSON invoice parser: the hub's own invoice model as JSON (one invoice, a list, or
 ``{"invoices": [...]}``).
 
-Numbers are read with the standard library's ``json`` and ``parse_float=Decimal`` (orjson, used
-everywhere else, reads numbers as floats, and money must never pass through a float). A JSON
+The common document — one invoice object whose amounts are strings, as the hub itself writes them —
+is validated straight from its bytes by pydantic-core (``model_validate_json``): the model refuses
+floats for money and rates, so that path never rounds anything. Everything else (a list, the
+``invoices`` wrapper, amounts as JSON numbers, a byte-order mark, an error to report) is read with the
+standard library's ``json`` and ``parse_float=Decimal`` (orjson and pydantic's JSON reader take
+numbers as floats, and money must never pass through a float). A JSON
 document that is meant as an invoice but breaks the model becomes a dead letter naming each field
 path; a JSON document that is not an invoice at all is refused as such.
 """
@@ -29,6 +33,17 @@ def _problems(exc: pydantic.ValidationError, prefix: str) -> list[Problem]:
     return out
 
 
+def _direct(content: bytes) -> Invoice | None:
+    """One invoice object read by pydantic-core in one pass, or None: amounts as JSON numbers (which
+    the model refuses as floats), a wrapper, or a real error go the exact way, which reads or names it."""
+    if content[:1] != b"{" or b'"invoices"' in content:
+        return None
+    try:
+        return Invoice.model_validate_json(content)
+    except pydantic.ValidationError:
+        return None
+
+
 class JsonInvoiceParser(Parser):
     name = "json"
     priority = 10
@@ -42,6 +57,9 @@ class JsonInvoiceParser(Parser):
         return head[:1] in (b"{", b"[") and document.media_type in ("application/octet-stream", "text/plain")
 
     def parse(self, document: Document) -> ParseResult:
+        invoice = _direct(document.content)
+        if invoice is not None:
+            return ParseResult(invoices=[invoice])
         try:
             data: Any = json.loads(document.content.decode("utf-8-sig"), parse_float=Decimal)
         except (UnicodeDecodeError, ValueError) as exc:

@@ -18,6 +18,8 @@ from click.testing import CliRunner
 import hub
 from hub import hookimpl, hookspecs
 from hub.errors import Problem
+from hub.factory import invoice as factory_invoice
+from hub.factory import invoice_json
 from hub.plugins import build_plugins
 from hub.testing import HubHarness, connector_plugin, mock_sink, mock_source
 from hub.testing_golden import golden_set
@@ -267,3 +269,36 @@ def test_hook_hub_register_observers(tmp_path: Path) -> None:
     assert summary["delivered"] == 2
     assert seen == [("out", "delivered"), ("out", "delivered")]
     assert sum(intakes) == 2
+
+
+def test_each_destination_gets_an_invoice_of_its_own(tmp_path: Path) -> None:
+    """Intake hands the invoice it validated to a worker of the same process instead of reading the
+    stored JSON again; with two destinations, a sink that changes its request must not change what
+    the other sink receives."""
+
+    def scribble(request: hub.DeliveryRequest) -> None:
+        request.event.invoice.seller.name = "changed by the first sink"
+        request.event.invoice.lines.clear()
+
+    first = mock_sink(scribble, type_name="first")
+    second = mock_sink(type_name="second")
+    docs = [hub.Document(content=invoice_json(i), media_type="application/json") for i in range(30)]
+    source = mock_source([hub.Incoming(documents=[d], key=str(i)) for i, d in enumerate(docs)])
+    harness = HubHarness(
+        root=tmp_path,
+        connectors={
+            "in": {"type": source.type_name},
+            "a": {"type": first.type_name},
+            "b": {"type": second.type_name},
+        },
+        routes=[{"from": "in", "to": ["a", "b"]}],
+        types=[source, first, second],
+    )
+    summary = harness.run()
+    assert summary["delivered"] == 60
+    expected = {inv.identity: inv for inv in (factory_invoice(i) for i in range(30))}
+    assert len(first.requests) == len(second.requests) == 30
+    for request in second.requests:
+        assert request.event.invoice == expected[request.event.identity]
+    for request in first.requests:
+        assert request.event.invoice.seller.name == "changed by the first sink"

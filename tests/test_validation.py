@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import date, timedelta
 from decimal import Decimal
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from stdnum.cn import uscc
 
-from hub import Invoice, Problem, hookimpl
+from hub import Document, Invoice, Problem, hookimpl
 from hub.errors import InvoiceInvalid
 from hub.factory import invoice_data
 from hub.plugins import build_plugins
@@ -206,3 +207,42 @@ def test_an_impossible_issue_date_names_the_field() -> None:
 def _minimal() -> dict[str, Any]:
     """A valid invoice from the project's own factory, its lines left to each test."""
     return {**invoice_data(1, year=2026), "lines": []}
+
+
+def _json_parser() -> Any:
+    return next(p for p in build_plugins().parsers if p.name == "json")
+
+
+def test_json_amounts_as_numbers_are_read_exactly() -> None:
+    """Most documents are read by pydantic-core in one pass (amounts as strings); amounts written as
+    JSON numbers take the exact path (never through a float), and both give the same invoice."""
+    data = invoice_data(1)
+    as_strings = json.dumps(data, ensure_ascii=False).encode()
+    numeric = re.sub(
+        r'"(quantity|unit_price|amount|tax_amount|net|tax|gross)": "(-?[0-9.]+)"',
+        r'"\1": \2',
+        as_strings.decode(),
+    )
+    assert numeric.count('": "') < as_strings.decode().count('": "')  # some amounts are numbers now
+    parser = _json_parser()
+    [from_strings] = parser.parse(Document(content=as_strings, media_type="application/json")).invoices
+    [from_numbers] = parser.parse(Document(content=numeric.encode(), media_type="application/json")).invoices
+    assert from_numbers == from_strings
+    assert from_strings.totals.gross == Decimal(data["totals"]["gross"])
+
+    # Digits a float cannot hold survive, and 0.1 stays 0.1.
+    data["lines"][0]["unit_price"] = "__PRICE__"
+    data["lines"][1]["quantity"] = "__QTY__"
+    text = json.dumps(data).replace('"__PRICE__"', "12345678901234567890.123456789")
+    text = text.replace('"__QTY__"', "0.1")
+    [precise] = parser.parse(Document(content=text.encode(), media_type="application/json")).invoices
+    assert precise.lines[0].unit_price == Decimal("12345678901234567890.123456789")
+    assert precise.lines[1].quantity == Decimal("0.1")
+
+
+def test_json_errors_name_the_field_on_either_path() -> None:
+    data = invoice_data(2)
+    data["totals"]["net"] = "twelve"
+    with pytest.raises(InvoiceInvalid) as caught:
+        _json_parser().parse(Document(content=json.dumps(data).encode(), media_type="application/json"))
+    assert "totals.net" in {p.path for p in caught.value.problems}

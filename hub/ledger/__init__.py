@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +84,7 @@ class Ledger:
             raise LedgerError(f"cannot open the ledger {self.safe_url}: {exc}") from exc
         if self.dialect == "sqlite":
             self._sqlite_setup(self.engine)
+        self._statements: dict[tuple[str, str, tuple[str, ...]], tuple[str, list[int]]] = {}
         self._migrate_lock = threading.Lock()
         self._write_lock: Any = threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
         if migrate:
@@ -171,6 +172,63 @@ class Ledger:
         return applied
 
     # -----------------------------------------------------------------------------------------------
+    # Bulk writes straight through the driver
+    # -----------------------------------------------------------------------------------------------
+    def insert_many(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``INSERT`` many rows with one DBAPI ``executemany``. The hot writes (several rows per invoice)
+        go this way: SQLAlchemy Core's executemany builds and type-processes a parameter dict per row,
+        which cost more than SQLite's own work. Every row has the keys of the first; values are what the
+        driver takes (str, int, bytes, None) except timestamps, which are converted as ``UTCDateTime``
+        stores them (aware datetimes only)."""
+        if rows:
+            names = tuple(rows[0])
+            sql, stamps = self._statement("insert", table, names)
+            self._execute_many(conn, sql, [[row[n] for n in names] for row in rows], stamps)
+
+    def update_many(
+        self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], key: str = "id"
+    ) -> None:
+        """``UPDATE table SET … WHERE key = …`` for each row (the same columns in every row), in one
+        DBAPI ``executemany``; see ``insert_many``."""
+        if rows:
+            names = (*(n for n in rows[0] if n != key), key)
+            sql, stamps = self._statement("update", table, names)
+            self._execute_many(conn, sql, [[row[n] for n in names] for row in rows], stamps)
+
+    def _statement(self, verb: str, table: sa.Table, names: tuple[str, ...]) -> tuple[str, list[int]]:
+        cached = self._statements.get((verb, table.name, names))
+        if cached is None:
+            for name in names:
+                if name not in table.c:
+                    raise LedgerError(f"table {table.name} has no column {name!r}")
+            mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+            if verb == "insert":
+                sql = (
+                    f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
+                )
+            else:
+                sets = ", ".join(f"{n} = {mark}" for n in names[:-1])
+                sql = f"UPDATE {table.name} SET {sets} WHERE {names[-1]} = {mark}"
+            stamps = [i for i, n in enumerate(names) if isinstance(table.c[n].type, t.UTCDateTime)]
+            cached = self._statements[(verb, table.name, names)] = (sql, stamps)
+        return cached
+
+    def _execute_many(self, conn: Connection, sql: str, params: list[list[Any]], stamps: list[int]) -> None:
+        if stamps:
+            # Rows of one batch share their timestamps: each distinct one is converted once.
+            convert = t.UTCDateTime.to_db_sqlite if self.dialect == "sqlite" else t.UTCDateTime.to_db
+            seen: dict[int, Any] = {}
+            for values in params:
+                for i in stamps:
+                    value = values[i]
+                    if value is not None:
+                        done = seen.get(id(value))
+                        if done is None or done[0] is not value:
+                            done = seen[id(value)] = (value, convert(value))
+                        values[i] = done[1]
+        conn.exec_driver_sql(sql, [tuple(values) for values in params])
+
+    # -----------------------------------------------------------------------------------------------
     # Documents
     # -----------------------------------------------------------------------------------------------
     def put_documents(self, conn: Connection, docs: Sequence[Document]) -> None:
@@ -198,8 +256,7 @@ class Ledger:
             for sha, d in unique.items()
             if sha not in have
         ]
-        if rows:
-            conn.execute(t.documents.insert(), rows)
+        self.insert_many(conn, t.documents, rows)
 
     def get_document(self, sha256: str, conn: Connection | None = None) -> Document | None:
         def fetch(c: Connection) -> Document | None:
@@ -263,8 +320,9 @@ class Ledger:
         """Record state changes: (delivery_id, from_state, to_state, detail)."""
         if rows:
             when = at or now()
-            conn.execute(
-                t.transitions.insert(),
+            self.insert_many(
+                conn,
+                t.transitions,
                 [
                     {"delivery_id": d, "from_state": f, "to_state": s, "at": when, "detail": detail}
                     for d, f, s, detail in rows

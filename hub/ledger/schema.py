@@ -35,12 +35,24 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    @staticmethod
+    def to_db(value: datetime) -> datetime:
+        """The value bound for PostgreSQL: aware, in UTC."""
+        if value.tzinfo is None:
+            raise ValueError("the ledger stores timezone-aware datetimes only")
+        return value.astimezone(UTC)
+
+    @staticmethod
+    def to_db_sqlite(value: datetime) -> str:
+        """The text stored on SQLite: naive UTC, SQLAlchemy's SQLite format."""
+        if value.tzinfo is None:
+            raise ValueError("the ledger stores timezone-aware datetimes only")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("the ledger stores timezone-aware datetimes only")
-        value = value.astimezone(UTC)
+        value = self.to_db(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -56,11 +68,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().bind_processor(dialect)
 
         def process(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                raise ValueError("the ledger stores timezone-aware datetimes only")
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            return None if value is None else self.to_db_sqlite(value)
 
         return process
 
