@@ -135,11 +135,16 @@ def _read_id(value: Any) -> Any:
     return compact_id(value) if isinstance(value, str) else value
 
 
-@lru_cache(maxsize=65536)
+_SPACES = re.compile(r"\s+")
+
+
 def compact_number(text: str) -> str:
     """A document number as compared and stored: NFKC, no whitespace, upper case. Hyphens stay:
-    ``A-1`` and ``A1`` are two invoices."""
-    return re.sub(r"\s+", "", nfkc(text)).upper()
+    ``A-1`` and ``A1`` are two invoices. (Not cached: every invoice has a number of its own, so a cache
+    would only grow with the count.)"""
+    if text.isascii() and text.isalnum():
+        return text.upper()  # the common case: "25312000000000000003"
+    return _SPACES.sub("", nfkc(text)).upper()
 
 
 def _read_number(value: Any) -> Any:
