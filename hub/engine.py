@@ -174,6 +174,7 @@ class Hub:
             checkpoints = [p.incoming.checkpoint for p in prepared if p.incoming.checkpoint is not None]
             if checkpoints:
                 self.ledger.set_checkpoint(conn, prepared[0].source, checkpoints[-1])
+        self.intake.keep_parsed(written)
         self._publish(written.publish)
         for outcome in written.outcomes:
             self.stats.received += outcome.accepted

@@ -74,6 +74,8 @@ class Written:
     #: destination → delivery ids to publish after the commit
     publish: dict[str, list[int]]
     events: list[dict[str, Any]]
+    #: the new versions' invoices as validated here, for ``Intake.keep_parsed`` after the commit
+    parsed: dict[tuple[str, str], Invoice] = field(default_factory=dict)
 
 
 class Intake:
@@ -179,9 +181,13 @@ class Intake:
         the caller owns it (a second destination of the same version reads the stored JSON)."""
         return self._parsed.pop((identity, chash), None)
 
-    def _keep_parsed(self, kept: dict[tuple[str, str], Invoice]) -> None:
+    def keep_parsed(self, written: Written) -> None:
+        """Offer the new versions of a committed ``write`` to this process's workers (``take_parsed``).
+        Only after the commit: a rolled-back write must leave nothing a worker could take."""
+        if not written.parsed or not written.publish:
+            return
         with self._parsed_lock:
-            self._parsed.update(kept)
+            self._parsed.update(written.parsed)
             excess = len(self._parsed) - PARSED_KEPT
             if excess > 0:
                 for key in list(self._parsed)[:excess]:
@@ -307,9 +313,7 @@ class Intake:
         if events:
             self.ledger.insert_many(conn, t.events, events)
         publish = self._plan_deliveries(conn, planned, at)
-        if kept and publish:
-            self._keep_parsed(kept)
-        return Written(outcomes, publish, events)
+        return Written(outcomes, publish, events, kept)
 
     def _plan_deliveries(
         self, conn: Connection, planned: list[tuple[dict[str, Any], list[tuple[Route, str]]]], at: datetime
