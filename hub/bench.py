@@ -23,14 +23,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from hub.factory import invoice_json, invoice_number
-from hub.hookspecs import hookimpl
+from hub.factory import invoice_json
 
 
 def _peak_mb() -> float:
@@ -102,52 +100,14 @@ def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
     }
 
 
-class _BenchSource:
-    """An in-process source that hands in ``count`` distinct JSON invoices as fast as intake takes them.
-
-    Building an invoice (``hub.factory``) costs about as much as validating it, and the baseline's
-    invoices are made before its clock starts; so are these: 1,000 are made up front, and invoice ``i``
-    is invoice ``i % 1000`` with its own number (a bytes replace), which keeps memory flat."""
-
-    POOL = 1000
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.pool = [(invoice_json(i), invoice_number(i).encode()) for i in range(self.POOL)]
-
-    @hookimpl
-    def hub_register_connector_types(self) -> list[type]:
-        from hub.connectors import ConnectorSettings, Incoming, Source
-        from hub.models import Document
-
-        total = self.count
-        pool = self.pool
-
-        def payload(i: int) -> bytes:
-            content, number = pool[i % len(pool)]
-            return content if i < len(pool) else content.replace(number, invoice_number(i).encode(), 1)
-
-        class BenchSettings(ConnectorSettings):
-            pass
-
-        class BenchSource(Source):
-            type_name = "bench.generator"
-            Settings = BenchSettings
-            poll_interval = 0.05
-
-            def poll(self, checkpoint: str | None) -> Iterator[Incoming]:
-                start = int(checkpoint or 0)
-                for i in range(start, total):
-                    doc = Document(content=payload(i), media_type="application/json", source=self.name)
-                    yield Incoming(documents=[doc], key=str(i), checkpoint=str(i + 1))
-
-        return [BenchSource]
-
-
-def measure_e2e(count: int, sink: str) -> dict[str, Any]:
+def measure_e2e(count: int, sink: str, processes: int = 0) -> dict[str, Any]:
+    """``hub run --until-idle`` on the embedded default from the ``generator`` source to ``sink``: worker
+    threads in this process, or ``processes`` worker processes (``hub run --workers N``) over a
+    ``filesystem://`` bus, the SQLite ledger shared."""
     from hub.config import load_config
     from hub.engine import Hub
     from hub.logging import configure_logging
+    from hub.supervisor import Supervisor
 
     configure_logging("error", "json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,11 +117,12 @@ def measure_e2e(count: int, sink: str) -> dict[str, Any]:
             json.dumps(
                 {
                     "ledger": f"sqlite:///{tmp}/ledger.db",
+                    "bus": "filesystem://" if processes else "memory://",
                     "data_dir": f"{tmp}/.hub",
                     "logging": {"level": "error"},
                     "worker": {"threads": 2, "batch_size": 500, "relay_interval": 0.5},
                     "connectors": {
-                        "gen": {"type": "bench.generator"},
+                        "gen": {"type": "generator", "settings": {"count": count}},
                         "sink": {"type": sink, "settings": settings},
                     },
                     "routes": [{"from": "gen", "to": "sink"}],
@@ -169,14 +130,25 @@ def measure_e2e(count: int, sink: str) -> dict[str, Any]:
             ),
             encoding="utf-8",
         )
-        hub = Hub(load_config(cfg), extra_plugins=[("bench", _BenchSource(count))])
+        hub = Hub(load_config(cfg))
+        # The generator builds its pool of invoices before the clock, as the baseline does.
+        next(iter(hub.sources["gen"].poll(None)), None)
         t0 = time.perf_counter()
-        summary = hub.run(until_idle=True)
+        if processes:
+            supervisor = Supervisor(cfg, processes, data_dir=hub.data_dir)
+            summary = supervisor.run(hub, until_idle=True)
+        else:
+            summary = hub.run(until_idle=True)
         elapsed = time.perf_counter() - t0
         hub.close()
     return {
         "count": count,
         "sink": sink,
+        "processes": processes,
+        #: largest worker process (they are waited for, so their peak is the children's)
+        "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+        if processes
+        else None,
         "delivered": summary["delivered"],
         "seconds": round(elapsed, 2),
         "per_second": round(summary["delivered"] / elapsed),
@@ -255,9 +227,9 @@ def measure_baseline(count: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------------
-def _child(kind: str, count: int, sink: str = "recording") -> dict[str, Any]:
+def _child(kind: str, count: int, sink: str = "recording", processes: int = 0) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "hub.bench", kind, str(count), sink],
+        [sys.executable, "-m", "hub.bench", kind, str(count), sink, str(processes)],
         capture_output=True,
         text=True,
         check=False,
@@ -279,6 +251,10 @@ def run_bench(count: int, progress: Any = print) -> dict[str, Any]:
     results["e2e_recording_double"] = _child("e2e", count * 2, "recording")
     progress(f"hub end to end, archive.fs sink, {count} invoices...")
     results["e2e_archive"] = _child("e2e", count, "archive.fs")
+    progress(f"hub end to end, recording sink, {count} invoices, one worker process (filesystem:// bus)...")
+    results["e2e_recording_process"] = _child("e2e", count, "recording", 1)
+    progress(f"hub end to end, archive.fs sink, {count} invoices, one worker process...")
+    results["e2e_archive_process"] = _child("e2e", count, "archive.fs", 1)
     results["ratio_to_baseline"] = round(
         results["e2e_recording"]["per_second"] / results["baseline"]["per_second"], 2
     )
@@ -288,12 +264,13 @@ def run_bench(count: int, progress: Any = print) -> dict[str, Any]:
 def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
     sink = sys.argv[3] if len(sys.argv) > 3 else "recording"
+    processes = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     if kind == "steps":
         result = measure_steps(count)
     elif kind == "baseline":
         result = measure_baseline(count)
     else:
-        result = measure_e2e(count, sink)
+        result = measure_e2e(count, sink, processes)
     print(orjson.dumps(result).decode())
 
 

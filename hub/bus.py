@@ -15,6 +15,13 @@ a consumer cancelled by the broker (queue deleted, node stopped); unacked messag
 queue, and the ledger claim makes a redelivered message harmless.
 
 kombu's ``memory://`` state is process-global, so a memory bus gets a unique prefix per instance.
+
+``filesystem://`` (kombu's filesystem transport) is a bus for several processes on one machine with
+no server: each message is a file in a folder (``filesystem:///path``, or ``<data_dir>/bus`` for a
+bare ``filesystem://``), taken by one consumer. It is what ``hub run --workers N`` uses on the
+embedded default (SQLite). A message taken by a process that then dies is gone (there is no broker
+to give it back): the supervisor has the relay publish every pending delivery again when a worker
+process dies and at start-up, and the ledger claim makes the copies harmless.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import amqp
@@ -112,22 +120,45 @@ class Bus:
         prefix: str = "invoice-hub",
         polling_interval: float = 0.005,
         message_size: int = 200,
+        data_dir: str | Path | None = None,
     ) -> None:
         self.url = url
         self.is_memory = url.startswith("memory://")
         self.is_amqp = url.split("://", 1)[0] in ("amqp", "pyamqp", "amqps")
+        self.is_files = url.startswith("filesystem://")
         self.prefix = f"{prefix}.{uuid.uuid4().hex[:8]}" if self.is_memory else prefix
         #: delivery ids per message: a message is one claim transaction at the worker.
         self.message_size = message_size
         self.transport_options: dict[str, Any] = {}
         if self.is_memory:
             self.transport_options["polling_interval"] = polling_interval
+        if self.is_files:
+            self.folder = self._files_folder(url, data_dir)
+            for sub in ("queue", "control"):
+                (self.folder / sub).mkdir(parents=True, exist_ok=True)
+            self.transport_options.update(
+                data_folder_in=str(self.folder / "queue"),
+                data_folder_out=str(self.folder / "queue"),
+                control_folder=str(self.folder / "control"),
+                polling_interval=0.05,
+            )
         self.exchange = Exchange(self.prefix, type="direct", durable=True)
         self._local = threading.local()
         self._declared: set[str] = set()
 
+    @staticmethod
+    def _files_folder(url: str, data_dir: str | Path | None) -> Path:
+        path = url[len("filesystem://") :]
+        if path:
+            return Path(path)
+        if data_dir is None:
+            raise HubError("bus filesystem:// needs a folder: filesystem:///path/to/folder")
+        return Path(data_dir) / "bus"
+
     def connection(self) -> Connection:
-        return Connection(self.url, transport_options=self.transport_options)
+        return Connection(
+            "filesystem://" if self.is_files else self.url, transport_options=self.transport_options
+        )
 
     def queue(self, destination: str) -> Queue:
         return Queue(
@@ -228,6 +259,8 @@ class Bus:
 
     @property
     def safe_url(self) -> str:
+        if self.is_files:
+            return f"filesystem://{self.folder}"
         return Connection(self.url).as_uri(include_password=False)
 
     # -----------------------------------------------------------------------------------------------

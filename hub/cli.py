@@ -159,7 +159,8 @@ def _serve_http_next_to_run(ctx: click.Context, _param: click.Parameter, port: i
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Worker processes (needs PostgreSQL and RabbitMQ; see docs/scaling-out.md). 0: threads in this one.",
+    help="Worker processes (a bus they share: filesystem:// on one machine, or RabbitMQ; see "
+    "docs/scaling-out.md). 0: threads in this one.",
 )
 @json_option
 @click.pass_obj
@@ -855,6 +856,13 @@ def bench(count: int, as_json: bool) -> None:
         f"({arc['count']} in {arc['seconds']} s, "
         f"peak {arc['peak_mb']} MB; target ≥ 2,000/s)"
     )
+    recp, arcp = results["e2e_recording_process"], results["e2e_archive_process"]
+    click.echo("same, with one worker process (hub run --workers 1; SQLite shared, filesystem:// bus):")
+    for label, r in (("to the recording sink", recp), ("to archive.fs (fsync)", arcp)):
+        click.echo(
+            f"  {label:<23} {r['per_second']:>8} invoices/s  ({r['count']} in {r['seconds']} s, "
+            f"peak {r['peak_mb']} MB + worker process {r['worker_peak_mb']} MB)"
+        )
     click.echo(
         f"bare baseline (validate → orjson → SHA-256 → SQLite WAL ×100 → kombu memory://): "
         f"{base['per_second']} invoices/s, peak {base['peak_mb']} MB"

@@ -88,7 +88,7 @@ class Hub:
         self.data_dir = Path(self.config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.config.ledger)
-        self.bus = Bus(self.config.bus)
+        self.bus = Bus(self.config.bus, data_dir=self.data_dir)
         self.connectors: dict[str, Connector] = {}
         for name, settings in self.settings.items():
             cls = self.plugins.connector_type(self.config.connectors[name].type)
@@ -215,11 +215,13 @@ class Hub:
             log.info("recovered_inflight", deliveries=len(ids))
         return len(ids)
 
-    def relay_once(self, limit: int = 5000, *, startup: bool = False) -> int:
+    def relay_once(self, limit: int = 5000, *, startup: bool = False, everything: bool = False) -> int:
         """Publish what is due: never-published or stale pending, due retries, expired claims.
 
-        ``startup`` on an in-process bus: whatever another process (``hub dlq replay``, ``hub ingest``)
-        or an earlier run published went nowhere, so every pending delivery is published now."""
+        ``startup`` on a bus without a broker (``memory://``, ``filesystem://``): whatever another
+        process (``hub dlq replay``, ``hub ingest``) published to an in-process bus, or an earlier run's
+        worker held when it died, went nowhere, so every pending delivery is published now; so it is
+        with ``everything`` (a worker process died with messages in hand)."""
         d = t.deliveries
         at = now()
         with self.ledger.begin() as conn:
@@ -240,7 +242,7 @@ class Hub:
                     conn, [(i, t.INFLIGHT, t.PENDING, "claim lease expired") for i in expired]
                 )
             stale = at - (REPUBLISH_AFTER if self.bus.is_memory else REPUBLISH_AFTER_DURABLE)
-            if startup and self.bus.is_memory:
+            if everything or (startup and not self.bus.is_amqp):
                 stale = at
             due = conn.execute(
                 self.ledger.locking(sa.select(d.c.id, d.c.destination))
@@ -268,6 +270,10 @@ class Hub:
         self._publish(batches)
         return len(due)
 
+    def republish_pending(self) -> int:
+        """Publish every pending delivery and due retry again (copies are harmless: the claim decides)."""
+        return self.relay_once(everything=True)
+
     def open_deliveries(self) -> int:
         d = t.deliveries
         with self.ledger.engine.connect() as conn:
@@ -285,8 +291,10 @@ class Hub:
     # -----------------------------------------------------------------------------------------------
     # Running
     # -----------------------------------------------------------------------------------------------
-    def _take_lock(self) -> None:
-        if self.ledger.dialect != "sqlite":
+    def take_lock(self) -> None:
+        """On SQLite, hold the data directory's lock (one ``hub run`` per ledger file; its worker
+        processes run under it). Once per Hub."""
+        if self.ledger.dialect != "sqlite" or self._lock_file is not None:
             return
         path = self.data_dir / "hub.lock"
         self._lock_file = path.open("a+")
@@ -368,11 +376,15 @@ class Hub:
 
         ``workers=False`` is the supervisor of ``hub run --workers N`` (sources and relay here, the
         workers in child processes); ``sources=False`` is such a child (workers only, no relay)."""
-        self._take_lock()
+        if sources:
+            self.take_lock()  # a worker process (no sources) runs under its supervisor's lock
         tune_gc()
         destinations = self.destinations()
         self._until_ready(lambda: self.bus.declare(destinations))
-        self.recover()
+        if sources and workers:
+            # Alone on the ledger: claims left in flight by a dead run go back to pending. (A supervisor
+            # does this before it starts its worker processes; a worker process never does.)
+            self.recover()
         if sources:
             self._until_ready(lambda: self.relay_once(startup=True))
         threads: list[threading.Thread] = []

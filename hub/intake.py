@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import traceback
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from hub.connectors import Incoming, IntakeOutcome, Parser
 from hub.errors import HubError, ParseError, Problem
 from hub.ledger import Ledger, dumps, now
 from hub.ledger import schema as t
-from hub.models import Document, Invoice
+from hub.models import Document, Invoice, new_id
 from hub.router import destinations_for
 from hub.validation import Rule, builtin_rules, ensure_valid
 
@@ -56,6 +55,33 @@ class Accepted:
     content_hash: str
     document: Document | None
     warnings: list[Problem]
+    #: The version row as ``write`` inserts it when the version is new, and the destinations of an
+    #: ``invoice.received`` event: made in ``prepare``, outside the ledger's write transaction, where
+    #: the other threads wait for every microsecond spent (``write`` makes them if missing).
+    row: dict[str, Any] | None = None
+    targets: list[tuple[Route, str]] | None = None
+
+    def plan(self, config: HubConfig, source: str) -> None:
+        inv = self.invoice
+        self.row = {
+            "identity": inv.identity,
+            "content_hash": self.content_hash,
+            "canonical_version": CANONICAL_VERSION,
+            "kind": inv.kind.value,
+            "number": inv.number,
+            "code": inv.code,
+            "status": inv.status.value,
+            "issue_date": inv.issue_date.isoformat(),
+            "seller_tax_id": inv.seller.tax_id,
+            "buyer_tax_id": inv.buyer.tax_id,
+            "gross": format(inv.totals.gross, "f"),
+            "currency": inv.currency,
+            "invoice_json": inv.model_dump_json(),
+            "document_sha256": self.document.sha256 if self.document else None,
+            "source": source,
+            "warnings": dumps([p.__dict__ for p in self.warnings]) if self.warnings else None,
+        }
+        self.targets = destinations_for(config, source, "invoice.received", inv)
 
 
 @dataclass
@@ -65,7 +91,7 @@ class Prepared:
     documents: list[Document] = field(default_factory=list)
     accepted: list[Accepted] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
-    trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    trace_id: str = field(default_factory=new_id)
 
 
 @dataclass
@@ -174,7 +200,9 @@ class Intake:
         except HubError as exc:
             prepared.failures.append(Failure(exc, doc, invoice, list(getattr(exc, "problems", []))))
             return
-        prepared.accepted.append(Accepted(invoice, content_hash(invoice), doc, warnings))
+        accepted = Accepted(invoice, content_hash(invoice), doc, warnings)
+        accepted.plan(self.config, prepared.source)
+        prepared.accepted.append(accepted)
 
     def take_parsed(self, identity: str, chash: str) -> Invoice | None:
         """The invoice of version (identity, content hash) as intake validated it in this process, once:
@@ -221,25 +249,9 @@ class Intake:
                 key = (inv.identity, acc.content_hash)
                 if key in known or key in new_rows:
                     continue
-                new_rows[key] = {
-                    "identity": inv.identity,
-                    "content_hash": acc.content_hash,
-                    "canonical_version": CANONICAL_VERSION,
-                    "kind": inv.kind.value,
-                    "number": inv.number,
-                    "code": inv.code,
-                    "status": inv.status.value,
-                    "issue_date": inv.issue_date.isoformat(),
-                    "seller_tax_id": inv.seller.tax_id,
-                    "buyer_tax_id": inv.buyer.tax_id,
-                    "gross": format(inv.totals.gross, "f"),
-                    "currency": inv.currency,
-                    "invoice_json": inv.model_dump_json(),
-                    "document_sha256": acc.document.sha256 if acc.document else None,
-                    "source": prepared.source,
-                    "warnings": dumps([p.__dict__ for p in acc.warnings]) if acc.warnings else None,
-                    "received_at": at,
-                }
+                if acc.row is None or acc.row["source"] != prepared.source:
+                    acc.plan(self.config, prepared.source)
+                new_rows[key] = {**acc.row, "received_at": at}  # type: ignore[dict-item]
         if new_rows:
             # Plain executemany (one statement per chunk) and the ids read back: RETURNING with a
             # guaranteed order falls back to one statement per row on SQLite.
@@ -291,7 +303,7 @@ class Intake:
                         event_type = "invoice.received"
                         outcome.duplicates += 1
                 event = {
-                    "id": uuid.uuid4().hex,
+                    "id": new_id(),
                     "type": event_type,
                     "source": prepared.source,
                     "identity": identity,
@@ -303,7 +315,11 @@ class Intake:
                     "received_at": at,
                 }
                 events.append(event)
-                planned.append((event, destinations_for(self.config, prepared.source, event_type, inv)))
+                if event_type == "invoice.received" and acc.targets is not None:
+                    targets = acc.targets
+                else:
+                    targets = destinations_for(self.config, prepared.source, event_type, inv)
+                planned.append((event, targets))
                 outcome.accepted += 1
                 outcome.identities.append(identity)
             for failure in prepared.failures:

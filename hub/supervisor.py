@@ -20,8 +20,15 @@ Who does what:
   session, so a Ctrl-C at the terminal reaches the supervisor only, and they stop by themselves when
   the supervisor disappears.
 
-Needs a ledger and a bus that several processes can share: PostgreSQL and RabbitMQ (the SQLite ledger
-and the in-process ``memory://`` bus are one process by design).
+Needs a bus that several processes can share: ``filesystem://`` (one machine, no server) or RabbitMQ;
+the in-process ``memory://`` bus cannot be. On PostgreSQL the processes may be on several machines; the
+embedded SQLite ledger is shared by the processes of one machine (one writer at a time, WAL readers
+beside it), and there the supervisor, which holds the data directory's lock, returns the claims of an
+earlier run to pending *before* it starts any worker process.
+
+A worker process killed with messages in hand: RabbitMQ gives them back; a ``filesystem://`` folder
+cannot, so the supervisor then has the relay publish every pending delivery again (the ledger claim
+makes copies harmless).
 """
 
 from __future__ import annotations
@@ -79,21 +86,20 @@ class Supervisor:
         self.drain_seconds = drain_seconds
         self.children = [_Child(i) for i in range(workers)]
         self.stopping = threading.Event()
+        #: Called (from the watcher) before a dead worker process is replaced.
+        self.on_child_exit: Callable[[], Any] | None = None
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
 
     # -----------------------------------------------------------------------------------------------
     @staticmethod
     def check_engines(ledger_dialect: str, bus_is_memory: bool) -> None:
-        problems = []
-        if ledger_dialect == "sqlite":
-            problems.append("the ledger is SQLite (one process by design): set `ledger:` to a PostgreSQL URL")
         if bus_is_memory:
-            problems.append(
-                "the bus is memory:// (inside one process): set `bus:` to amqp://user:pass@host:5672//"
+            raise ConfigError(
+                "hub run --workers needs a bus the processes share, and memory:// lives inside one "
+                "process: set `bus:` to filesystem:// (processes on this machine, no server) or to "
+                "amqp://user:pass@host:5672// (RabbitMQ)"
             )
-        if problems:
-            raise ConfigError("hub run --workers needs a shared ledger and bus; " + "; ".join(problems))
 
     @property
     def pids(self) -> list[int]:
@@ -140,6 +146,11 @@ class Supervisor:
                             restart_in=child.delay,
                         )
                     if at >= child.not_before:
+                        if self.on_child_exit is not None:
+                            try:
+                                self.on_child_exit()
+                            except (HubError, sa.exc.SQLAlchemyError) as exc:  # the relay's timeout remains
+                                log.warning("republish_after_worker_exit_failed", error=str(exc))
                         child.restarts += 1
                         child.not_before = 0.0
                         self._spawn(child)
@@ -187,6 +198,13 @@ class Supervisor:
             if progress is not None:
                 progress(snap)
 
+        # On SQLite, what `hub run` does first (the data directory's lock, claims of a dead run back to
+        # pending) must happen before any worker process claims something.
+        hub.take_lock()
+        hub.recover()
+        if not hub.bus.is_amqp:
+            # Messages a dead worker process had taken are gone with it: publish what is pending again.
+            self.on_child_exit = hub.republish_pending
         self.start()
         try:
             summary = hub.run(until_idle=until_idle, progress=with_outcomes, workers=False)

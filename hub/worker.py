@@ -31,7 +31,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hub.config import HubConfig, RetryPolicy
 from hub.connectors import DeliveryRequest, Receipt, Sink
@@ -113,6 +113,13 @@ class Worker:
         claimed, _early = self._claim(destination, delivery_ids)
         if not claimed:
             return
+        # Reads of write-once data (documents, stored versions), after the claim has committed: on
+        # SQLite a reader does not hold the one write lock the intake and the other workers wait for.
+        # Should the ledger fail here, the claims stand until their lease runs out and the relay
+        # publishes them again, as after a crash.
+        with self.ledger.engine.connect() as conn:
+            self._attach_documents(conn, claimed)
+            self._attach_invoices(conn, claimed)
         sink = self.sinks.get(destination)
         with self._renewing_leases(claimed):
             if sink is not None and len(claimed) > 1 and callable(getattr(sink, "deliver_batch", None)):
@@ -179,7 +186,7 @@ class Worker:
 
     # -----------------------------------------------------------------------------------------------
     def _claim(self, destination: str, ids: list[int]) -> tuple[list[dict[str, Any]], int]:
-        d, e, v = t.deliveries, t.events, t.invoice_versions
+        d, e = t.deliveries, t.events
         at = now()
         early = 0
         claimed: list[dict[str, Any]] = []
@@ -205,10 +212,9 @@ class Worker:
                             e.c.received_at,
                             e.c.document_sha256,
                             e.c.status,
-                            v.c.invoice_json,
+                            e.c.version_id,
                         )
                         .join(e, e.c.id == d.c.event_id)
-                        .join(v, v.c.id == e.c.version_id)
                         .where(d.c.id.in_(ids), d.c.destination == destination)
                         .where(d.c.state.in_((t.PENDING, t.RETRYING))),
                         of=d,
@@ -313,7 +319,6 @@ class Worker:
                 transitions.append((row["id"], row["state"], t.INFLIGHT, f"attempt {row['attempts'] + 1}"))
                 row["attempt"] = row["attempts"] + 1
                 claimed.append(row)
-            self._attach_documents(conn, claimed)
             self.ledger.transition(conn, transitions, at)
         return claimed, early
 
@@ -406,6 +411,24 @@ class Worker:
                 chain[1:1] = own
             row["documents"] = chain
 
+    def _attach_invoices(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Each delivery's invoice: as this process's intake validated it (once per version), else the
+        stored JSON of its version, validated when the request is made."""
+        missing: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            invoice = self.intake.take_parsed(row["identity"], row["content_hash"])
+            if invoice is None:
+                missing.setdefault(row["version_id"], []).append(row)
+            else:
+                row["invoice"] = invoice
+        if missing:
+            v = t.invoice_versions
+            for version_id, invoice_json in conn.execute(
+                sa.select(v.c.id, v.c.invoice_json).where(v.c.id.in_(list(missing)))
+            ):
+                for row in missing[version_id]:
+                    row["invoice_json"] = invoice_json
+
     def _finish_now(
         self, conn: Connection, row: dict[str, Any], state: str, detail: str, duplicate_of: int | None = None
     ) -> None:
@@ -417,9 +440,14 @@ class Worker:
 
     # -----------------------------------------------------------------------------------------------
     def _request(self, destination: str, row: dict[str, Any]) -> DeliveryRequest:
-        invoice = self.intake.take_parsed(row["identity"], row["content_hash"])
+        invoice = row.pop("invoice", None)  # each request gets an invoice object of its own
         if invoice is None:
-            invoice = Invoice.model_validate_json(row["invoice_json"])
+            if row.get("invoice_json") is None:
+                with self.ledger.engine.connect() as conn:
+                    self._attach_invoices(conn, [row])
+                invoice = row.pop("invoice", None)
+            if invoice is None:
+                invoice = Invoice.model_validate_json(row["invoice_json"])
         if row["type"] == "invoice.status_changed" and row.get("status"):
             # The stored version carries the status it was first seen with; the event carries the new one.
             invoice.status = InvoiceStatus(row["status"])
@@ -443,8 +471,8 @@ class Worker:
             amends=row.get("amends"),
         )
 
-    def _context(self, destination: str, row: dict[str, Any]) -> Any:
-        return bound_contextvars(
+    def _context(self, destination: str, row: dict[str, Any]) -> _LogContext:
+        return _LogContext(
             identity=row["identity"],
             content_hash=row["content_hash"],
             connector=destination,
@@ -563,6 +591,44 @@ class Worker:
     def _record(self, outcomes: list[Outcome]) -> None:
         at = now()
         d = t.deliveries
+        # The rows are made before the write transaction (the other threads wait for it) and only
+        # those of claims still ours are written.
+        planned: dict[int, tuple[dict[str, Any], dict[str, Any], tuple[int, str | None, str, str | None]]]
+        planned = {}
+        for oc in outcomes:
+            err = oc.error
+            receipt = oc.receipt if oc.state == t.DELIVERED else None
+            detail = oc.detail
+            if oc.state == t.RETRYING and oc.next_attempt_at:
+                detail = f"next attempt at {oc.next_attempt_at.isoformat(timespec='seconds')}"
+            elif receipt is not None and receipt.remote_ref:
+                detail = f"remote ref {receipt.remote_ref}"
+            planned[oc.delivery_id] = (
+                {
+                    "id": oc.delivery_id,
+                    "state": oc.state,
+                    "updated_at": at,
+                    "lease_until": None,
+                    "remote_ref": receipt.remote_ref if receipt else None,
+                    "receipt": dumps(receipt.detail) if receipt and receipt.detail else None,
+                    "last_error": _describe(err) if oc.state != t.DELIVERED else None,
+                    "next_attempt_at": oc.next_attempt_at if oc.state == t.RETRYING else None,
+                    "published_at": None,
+                },
+                {
+                    "delivery_id": oc.delivery_id,
+                    "number": oc.attempt,
+                    "started_at": oc.started_at,
+                    "finished_at": at,
+                    "outcome": oc.state,
+                    "error_class": type(err).__name__ if err else None,
+                    "error_message": str(err) if err else None,
+                    "remote_status": getattr(err, "remote_status", None),
+                    "remote_body": _clip(getattr(err, "remote_body", None)),
+                    "retry_after": None if oc.retry_after is None else str(oc.retry_after),
+                },
+                (oc.delivery_id, oc.from_state, oc.state, detail),
+            )
         with self.ledger.begin() as conn:
             # Only our own claims: a retried record after an unclear commit, or a claim whose lease ran
             # out and was taken over, changes nothing. (Row locks on PostgreSQL; SQLite's writer holds
@@ -580,45 +646,9 @@ class Worker:
                     log.warning("record_claim_lost", delivery_id=oc.delivery_id, outcome=oc.state)
             if not owned:
                 return
-            updates = []
-            attempts_rows = []
-            transitions: list[tuple[int, str | None, str, str | None]] = []
-            for oc in owned:
-                err = oc.error
-                receipt = oc.receipt if oc.state == t.DELIVERED else None
-                updates.append(
-                    {
-                        "id": oc.delivery_id,
-                        "state": oc.state,
-                        "updated_at": at,
-                        "lease_until": None,
-                        "remote_ref": receipt.remote_ref if receipt else None,
-                        "receipt": dumps(receipt.detail) if receipt and receipt.detail else None,
-                        "last_error": _describe(err) if oc.state != t.DELIVERED else None,
-                        "next_attempt_at": oc.next_attempt_at if oc.state == t.RETRYING else None,
-                        "published_at": None,
-                    }
-                )
-                attempts_rows.append(
-                    {
-                        "delivery_id": oc.delivery_id,
-                        "number": oc.attempt,
-                        "started_at": oc.started_at,
-                        "finished_at": at,
-                        "outcome": oc.state,
-                        "error_class": type(err).__name__ if err else None,
-                        "error_message": str(err) if err else None,
-                        "remote_status": getattr(err, "remote_status", None),
-                        "remote_body": _clip(getattr(err, "remote_body", None)),
-                        "retry_after": None if oc.retry_after is None else str(oc.retry_after),
-                    }
-                )
-                detail = oc.detail
-                if oc.state == t.RETRYING and oc.next_attempt_at:
-                    detail = f"next attempt at {oc.next_attempt_at.isoformat(timespec='seconds')}"
-                elif receipt is not None and receipt.remote_ref:
-                    detail = f"remote ref {receipt.remote_ref}"
-                transitions.append((oc.delivery_id, oc.from_state, oc.state, detail))
+            updates = [planned[oc.delivery_id][0] for oc in owned]
+            attempts_rows = [planned[oc.delivery_id][1] for oc in owned]
+            transitions = [planned[oc.delivery_id][2] for oc in owned]
             self.ledger.update_many(conn, d, updates)
             self.ledger.insert_many(conn, t.attempts, attempts_rows)
             self.ledger.transition(conn, transitions, at)
@@ -710,6 +740,22 @@ class Worker:
                 fn(delivery_id=oc.delivery_id, destination=destination, state=oc.state, error=oc.error)
             except Exception as exc:
                 log.warning("observer_failed", observer=type(observer).__name__, error=str(exc))
+
+
+class _LogContext:
+    """Bind a delivery's fields to the log context for a block, then restore exactly what was there
+    (structlog's ``bound_contextvars`` reads the whole context first: a cost per delivery)."""
+
+    __slots__ = ("fields", "tokens")
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    def __enter__(self) -> None:
+        self.tokens = bind_contextvars(**self.fields)
+
+    def __exit__(self, *exc: object) -> None:
+        reset_contextvars(**self.tokens)
 
 
 def _is_container(doc: Document) -> bool:

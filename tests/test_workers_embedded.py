@@ -1,0 +1,125 @@
+"""``hub run --workers N`` on the embedded default: the SQLite ledger shared by worker processes over a
+``filesystem://`` bus, no server at all. Real processes, ``kill -9``, the same accounting check as the
+RabbitMQ + PostgreSQL scale-out tests (``tests/accounting.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from tests.accounting import check_accounting, recording_counts
+from tests.conftest import run_hub, write_hub_yaml
+from tests.test_scaleout_faults import HubRun
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture
+def embedded_run(tmp_path: Path) -> Any:
+    runs: list[HubRun] = []
+
+    def make(**kwargs: Any) -> HubRun:
+        run = HubRun(tmp_path, f"sqlite:///{tmp_path}/ledger.db", "filesystem://", **kwargs)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.close()
+
+
+def test_worker_processes_share_the_sqlite_ledger_and_survive_kill_9(embedded_run: Any) -> None:
+    run = embedded_run(count=2000, sinks={"erp": {}, "archive": {}}, lease_seconds=3.0).start()
+    before = run.delivered()
+    run.wait_for("deliveries under way", lambda: run.delivered() > before + 200, timeout=90)
+    pids = run.worker_pids()
+    assert len(pids) == 2, f"the supervisor lists {pids} as its worker processes"
+    os.kill(pids[0], signal.SIGKILL)
+    run.wait_for("a replacement worker", lambda: len(set(run.worker_pids()) - set(pids)) >= 1)
+    summary = run.finish()
+    assert summary["worker_processes"] == 2 and summary["worker_restarts"] >= 1
+    assert summary["open"] == 0
+    acc = check_accounting(run.ledger, run.sink_files, expected_numbers=run.numbers, processes_killed=True)
+    assert acc.states["delivered"] == 2 * 2000, acc.summary()
+    # The bus folder holds nothing once the run is idle: every message was taken.
+    assert not list((run.tmp / ".hub" / "bus" / "queue").iterdir())
+
+
+def test_a_second_run_picks_up_what_a_killed_run_left(embedded_run: Any) -> None:
+    """kill -9 of the whole run (supervisor and workers), then `hub run --workers 2 --until-idle` again:
+    what the dead run held (claims, messages taken off the folder) is delivered, exactly once."""
+    run = embedded_run(count=1500, sinks={"erp": {}}, lease_seconds=3.0).start(until_idle=False)
+    run.wait_for("deliveries under way", lambda: run.delivered() > 300, timeout=90)
+    workers = run.worker_pids()
+    assert run.proc is not None
+    run.proc.kill()
+    run.proc.wait()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    summary = run.start().finish()
+    assert summary["open"] == 0
+    acc = check_accounting(run.ledger, run.sink_files, expected_numbers=run.numbers, processes_killed=True)
+    assert acc.states["delivered"] == 1500, acc.summary()
+
+
+def test_workers_with_the_in_process_bus_is_refused_with_what_to_set(tmp_path: Path) -> None:
+    config = write_hub_yaml(
+        tmp_path / "hub.yaml",
+        {
+            "ledger": f"sqlite:///{tmp_path}/ledger.db",
+            "data_dir": str(tmp_path / ".hub"),
+            "connectors": {
+                "gen": {"type": "generator", "settings": {"count": 1}},
+                "sink": {"type": "recording"},
+            },
+            "routes": [{"from": "gen", "to": "sink"}],
+        },
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "hub", "-c", str(config), "run", "--workers", "2", "--until-idle"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "memory://" in out.stderr and "filesystem://" in out.stderr, out.stderr
+    with sa.create_engine(f"sqlite:///{tmp_path}/ledger.db").connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM deliveries")).scalar() == 0
+
+
+def test_generator_source_makes_distinct_valid_invoices_and_resumes(tmp_path: Path) -> None:
+    """The load generator (`generator` connector) through `hub run`: every invoice valid and distinct,
+    and a second run with a larger count makes only the new ones (the checkpoint)."""
+
+    def config(count: int) -> Path:
+        return write_hub_yaml(
+            tmp_path / "hub.yaml",
+            {
+                "ledger": f"sqlite:///{tmp_path}/ledger.db",
+                "bus": "filesystem://",
+                "data_dir": str(tmp_path / ".hub"),
+                "connectors": {
+                    "load": {"type": "generator", "settings": {"count": count, "pool": 7}},
+                    "sink": {"type": "recording", "settings": {"path": str(tmp_path / "sink.db")}},
+                },
+                "routes": [{"from": "load", "to": "sink"}],
+            },
+        )
+
+    first = orjson.loads(run_hub("-c", str(config(40)), "run", "--until-idle", "--json", cwd=tmp_path).stdout)
+    assert (first["received"], first["delivered"], first["intake_dead_letters"]) == (40, 40, 0)
+    second = orjson.loads(
+        run_hub("-c", str(config(60)), "run", "--workers", "1", "--until-idle", "--json", cwd=tmp_path).stdout
+    )
+    assert (second["received"], second["delivered"], second["duplicates"]) == (20, 20, 0)
+    counts = recording_counts(tmp_path / "sink.db")
+    assert len(counts) == 60 and set(counts.values()) == {1}
