@@ -174,6 +174,13 @@ class Bus:
         try:
             with self.connection() as conn:
                 for destination in destinations:
+                    if self.is_files:
+                        # kombu keeps the bindings it declared in process-wide state, but the binding
+                        # must be written into this bus's folder: a second bus in the same process
+                        # (another folder) would otherwise route its messages nowhere.
+                        conn.transport.state.binding_delete(
+                            self.queue(destination).name, self.exchange.name, destination
+                        )
                     self.queue(destination)(conn.default_channel).declare()
                     self._declared.add(destination)
         except _BUS_ERRORS as exc:

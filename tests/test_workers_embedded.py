@@ -123,3 +123,18 @@ def test_generator_source_makes_distinct_valid_invoices_and_resumes(tmp_path: Pa
     assert (second["received"], second["delivered"], second["duplicates"]) == (20, 20, 0)
     counts = recording_counts(tmp_path / "sink.db")
     assert len(counts) == 60 and set(counts.values()) == {1}
+
+
+def test_a_second_filesystem_bus_in_one_process_gets_its_own_messages(tmp_path: Path) -> None:
+    """kombu keeps declared bindings per process: a second bus (another folder) must still bind its
+    queues in its own folder, or what it publishes goes nowhere."""
+    from hub.bus import Bus
+
+    for name in ("first", "second"):
+        bus = Bus("filesystem://", data_dir=tmp_path / name)
+        bus.declare(["erp"])
+        bus.publish("erp", [1, 2, 3])
+        bus.close()
+        files = list((tmp_path / name / "bus" / "queue").iterdir())
+        assert len(files) == 1, f"{name}: {files}"
+        assert orjson.loads(files[0].read_bytes())["body"], files[0].read_text()
