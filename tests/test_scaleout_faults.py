@@ -190,7 +190,9 @@ def hub_run(tmp_path: Path, pg_ledger: str, amqp_url: str) -> Any:
 
 
 def test_kill_9_worker_processes_mid_delivery(hub_run: Any) -> None:
-    run = hub_run(count=3000, sinks={"erp": {}, "archive": {}}, lease_seconds=3.0).start()
+    # Enough invoices that the run outlasts three kills and their restarts (the restart delay backs off
+    # to 2 s when a process dies young): with 3,000 a quick run could finish before the last replacement.
+    run = hub_run(count=6000, sinks={"erp": {}, "archive": {}}, lease_seconds=3.0).start()
     kills = 0
     for _ in range(3):
         before = run.delivered()
@@ -204,7 +206,7 @@ def test_kill_9_worker_processes_mid_delivery(hub_run: Any) -> None:
     summary = run.finish()
     assert summary["worker_restarts"] >= kills
     acc = check_accounting(run.ledger, run.sink_files, expected_numbers=run.numbers, processes_killed=True)
-    assert acc.states["delivered"] == 2 * 3000, acc.summary()
+    assert acc.states["delivered"] == 2 * 6000, acc.summary()
     # A killed process held claims: they came back through the lease, not through a second delivery.
     with sa.create_engine(run.ledger).connect() as conn:
         expired = conn.execute(
