@@ -163,10 +163,14 @@ def check_accounting(
                 sa.select(d.c.id, d.c.event_id, d.c.destination, d.c.idem_key, d.c.state, d.c.duplicate_of)
             ).all()
             # A delivery whose claim lapsed (its worker was killed) may have reached the sink once for
-            # every claim that lapsed, plus the call that finally delivered it.
+            # every claim that lapsed, plus the call that finally delivered it. A claim lapses by its
+            # lease running out, or, on SQLite, by the next `hub run` taking back the claims of the
+            # run that was killed ("recovered after a crash").
             lease_expired = Counter(
                 conn.execute(
-                    sa.select(tr.c.delivery_id).where(tr.c.detail == "claim lease expired")
+                    sa.select(tr.c.delivery_id).where(
+                        tr.c.detail.in_(("claim lease expired", "recovered after a crash"))
+                    )
                 ).scalars()
             )
             letters = dict(

@@ -56,7 +56,9 @@ def test_worker_processes_share_the_sqlite_ledger_and_survive_kill_9(embedded_ru
 def test_a_second_run_picks_up_what_a_killed_run_left(embedded_run: Any) -> None:
     """kill -9 of the whole run (supervisor and workers), then `hub run --workers 2 --until-idle` again:
     what the dead run held (claims, messages taken off the folder) is delivered, exactly once."""
-    run = embedded_run(count=1500, sinks={"erp": {}}, lease_seconds=3.0).start(until_idle=False)
+    # Each call takes 2 ms, so a batch (200 calls) is in the sink most of the time: the kill finds claims
+    # in flight.
+    run = embedded_run(count=1500, sinks={"erp": {"delay": 0.002}}, lease_seconds=3.0).start(until_idle=False)
     run.wait_for("deliveries under way", lambda: run.delivered() > 300, timeout=90)
     workers = run.worker_pids()
     assert run.proc is not None
@@ -68,6 +70,13 @@ def test_a_second_run_picks_up_what_a_killed_run_left(embedded_run: Any) -> None
     assert summary["open"] == 0
     acc = check_accounting(run.ledger, run.sink_files, expected_numbers=run.numbers, processes_killed=True)
     assert acc.states["delivered"] == 1500, acc.summary()
+    # The second run's supervisor took back the claims the killed run held, before any worker started.
+    with sa.create_engine(run.ledger).connect() as conn:
+        recovered = conn.execute(
+            sa.text("SELECT count(*) FROM delivery_transitions WHERE detail = 'recovered after a crash'")
+        ).scalar()
+    conn.engine.dispose()
+    assert recovered, "the killed run held no claims: the kill did not land mid-delivery"
 
 
 def test_workers_with_the_in_process_bus_is_refused_with_what_to_set(tmp_path: Path) -> None:
