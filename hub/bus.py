@@ -26,6 +26,7 @@ process dies and at start-up, and the ledger claim makes the copies harmless.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -37,7 +38,9 @@ import amqp
 import orjson
 import structlog
 from kombu import Connection, Exchange, Producer, Queue
-from kombu.exceptions import KombuError
+from kombu.exceptions import ChannelError, KombuError
+from kombu.transport import filesystem as kombu_filesystem
+from kombu.utils import json as kombu_json
 from pydantic import BaseModel, ConfigDict
 
 from hub.errors import HubError, TransientError
@@ -54,6 +57,30 @@ _BUS_ERRORS: tuple[type[BaseException], ...] = (KombuError, OSError, amqp.except
 
 class _HandlerFailed(Exception):
     """The message handler raised something unexpected: drop the connection, the message goes back."""
+
+
+class _FilesChannel(kombu_filesystem.Channel):
+    """kombu's filesystem channel, with messages that appear whole.
+
+    kombu creates a message file under its final name and then writes it: a consumer in another process
+    can take the file in between, read nothing and fail to decode it (seen under load; the consumer
+    thread died). Here the message is written under a name no consumer picks up and then renamed into
+    place, which is atomic on one filesystem."""
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        folder = self.data_folder_out
+        part = os.path.join(folder, f"part-{uuid.uuid4().hex}")
+        try:
+            with open(part, "wb") as f:
+                f.write(kombu_json.dumps(payload).encode())
+            os.replace(part, os.path.join(folder, name))
+        except OSError as exc:
+            raise ChannelError(f"cannot add message file {name!r} to {folder}: {exc}") from exc
+
+
+class _FilesTransport(kombu_filesystem.Transport):
+    Channel = _FilesChannel
 
 
 class BusMessage(BaseModel):
@@ -156,9 +183,9 @@ class Bus:
         return Path(data_dir) / "bus"
 
     def connection(self) -> Connection:
-        return Connection(
-            "filesystem://" if self.is_files else self.url, transport_options=self.transport_options
-        )
+        if self.is_files:
+            return Connection(transport=_FilesTransport, transport_options=self.transport_options)
+        return Connection(self.url, transport_options=self.transport_options)
 
     def queue(self, destination: str) -> Queue:
         return Queue(
@@ -324,6 +351,12 @@ class Bus:
                             try:
                                 conn.drain_events(timeout=0.2)
                             except TimeoutError:
+                                continue
+                            except ValueError as exc:
+                                # A message file that is not a kombu message (truncated, written by
+                                # something else): it is off the queue already; the relay publishes
+                                # whatever deliveries it carried again. This consumer goes on.
+                                log.error("bus_message_unreadable", error=str(exc), bus=self.safe_url)
                                 continue
                             if state["ok"]:
                                 delay = RECONNECT_FIRST
