@@ -5,6 +5,7 @@ RabbitMQ + PostgreSQL scale-out tests (``tests/accounting.py``)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,3 +148,32 @@ def test_a_second_filesystem_bus_in_one_process_gets_its_own_messages(tmp_path: 
         files = list((tmp_path / name / "bus" / "queue").iterdir())
         assert len(files) == 1, f"{name}: {files}"
         assert orjson.loads(files[0].read_bytes())["body"], files[0].read_text()
+
+
+def test_progress_of_worker_processes_counts_this_run_only(tmp_path: Path) -> None:
+    """The supervisor's progress line shows what its worker processes delivered, read from the ledger
+    (counting only the rows added since its last look): it climbs to this run's total, and a second run
+    on the same ledger starts again from zero."""
+
+    def config(count: int) -> Path:
+        return write_hub_yaml(
+            tmp_path / "hub.yaml",
+            {
+                "ledger": f"sqlite:///{tmp_path}/ledger.db",
+                "bus": "filesystem://",
+                "data_dir": str(tmp_path / ".hub"),
+                "worker": {"batch_size": 50},
+                "connectors": {
+                    "load": {"type": "generator", "settings": {"count": count}},
+                    "sink": {"type": "recording", "settings": {"delay": 0.01}},
+                },
+                "routes": [{"from": "load", "to": "sink"}],
+            },
+        )
+
+    for count, new in ((150, 150), (400, 250)):
+        out = run_hub("-c", str(config(count)), "run", "--workers", "1", "--until-idle", cwd=tmp_path)
+        shown = [int(m) for m in re.findall(r"· delivered (\d+) ·", out.stderr)]
+        assert len(shown) >= 2, out.stderr
+        assert shown == sorted(shown), f"progress went backwards: {shown}"
+        assert shown[-1] == new, out.stderr
