@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -32,15 +33,18 @@ from pydantic import (
 
 SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
 
-# Ids (events, traces) come from a generator seeded once per process from the OS: ``uuid4`` asks the
-# kernel for 16 bytes each time, and intake makes two per invoice. 128 random bits, as uuid4 gives.
+# Ids (events, traces) take their random part from a generator seeded once per process from the OS:
+# ``uuid4`` asks the kernel for 16 bytes each time, and intake makes two per invoice.
 _ID_SOURCE = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ID_SOURCE.seed(os.urandom(32)))
 
 
 def new_id() -> str:
-    """A random 128-bit id as 32 hex digits (the form of ``uuid4().hex``), without a system call."""
-    return f"{_ID_SOURCE.getrandbits(128):032x}"
+    """A time-ordered id as 32 hex digits: 48 bits of Unix milliseconds, then 80 random bits (UUIDv7's
+    layout, without its version and variant bits). Ids made later sort later, so the ledger's indexes on
+    event ids take a new one at their right edge rather than on a random page (4-7 us less per invoice
+    in the ledger write, docs/benchmarks.md, stop 13); 80 random bits per millisecond keep them unique."""
+    return f"{time.time_ns() // 1_000_000:012x}{_ID_SOURCE.getrandbits(80):020x}"
 
 
 # ---------------------------------------------------------------------------------------------------
