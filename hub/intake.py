@@ -253,21 +253,11 @@ class Intake:
                     acc.plan(self.config, prepared.source)
                 new_rows[key] = {**acc.row, "received_at": at}  # type: ignore[dict-item]
         if new_rows:
-            # Plain executemany (one statement per chunk) and the ids read back: RETURNING with a
-            # guaranteed order falls back to one statement per row on SQLite.
-            self.ledger.insert_many(conn, t.invoice_versions, list(new_rows.values()))
-            v = t.invoice_versions
-            fresh: dict[tuple[str, str], dict[str, Any]] = {}
-            wanted = list({identity for identity, _ in new_rows})
-            for start in range(0, len(wanted), 500):
-                for vrow in conn.execute(
-                    sa.select(v.c.id, v.c.identity, v.c.content_hash, v.c.status).where(
-                        v.c.identity.in_(wanted[start : start + 500])
-                    )
-                ):
-                    key = (vrow.identity, vrow.content_hash)
-                    if key in new_rows:
-                        fresh[key] = {"id": vrow.id, "status": vrow.status, "new": True}
+            ids = self.ledger.insert_many_ids(conn, t.invoice_versions, list(new_rows.values()))
+            fresh: dict[tuple[str, str], dict[str, Any]] = {
+                key: {"id": version_id, "status": row["status"], "new": True}
+                for (key, row), version_id in zip(new_rows.items(), ids, strict=True)
+            }
         else:
             fresh = {}  # nothing new in this batch
 
@@ -388,18 +378,7 @@ class Intake:
                 continue
             for row in group:
                 row.setdefault("duplicate_of", None)
-            self.ledger.insert_many(conn, t.deliveries, group)
-            d = t.deliveries
-            by_key = {}
-            event_ids = list({row["event_id"] for row in group})
-            for start in range(0, len(event_ids), 500):
-                for found in conn.execute(
-                    sa.select(d.c.id, d.c.event_id, d.c.destination).where(
-                        d.c.event_id.in_(event_ids[start : start + 500])
-                    )
-                ):
-                    by_key[(found.event_id, found.destination)] = found.id
-            ids = [by_key[(row["event_id"], row["destination"])] for row in group]
+            ids = self.ledger.insert_many_ids(conn, t.deliveries, group)
             for row, delivery_id in zip(group, ids, strict=True):
                 if state == t.PENDING:
                     publish[row["destination"]].append(delivery_id)

@@ -190,6 +190,32 @@ class Ledger:
             sql, stamps = self._statement("insert", table, names)
             self._execute_many(conn, sql, [[row[n] for n in names] for row in rows], stamps)
 
+    def insert_many_ids(
+        self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+    ) -> list[int]:
+        """``insert_many`` for a table with an integer ``id`` key; returns the new ids in the order of
+        ``rows``.
+
+        On SQLite the write transaction holds the database (``BEGIN IMMEDIATE``) and a rowid table gives
+        each new row one more than the largest id it holds, so the rows of one ``executemany`` get
+        consecutive ids ending at ``last_insert_rowid()``: no query reads them back. (Only a table
+        whose largest id is 2**63 - 1 picks ids at random; the count check below refuses that.) On
+        PostgreSQL, ``INSERT … RETURNING`` in parameter order."""
+        if not rows:
+            return []
+        if self.dialect != "sqlite":
+            result = conn.execute(table.insert().returning(table.c.id, sort_by_parameter_order=True), rows)
+            return [int(i) for i in result.scalars()]
+        self.insert_many(conn, table, rows)
+        last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+        first = last - len(rows) + 1
+        mine = conn.exec_driver_sql(
+            f"SELECT count(*) FROM {table.name} WHERE id BETWEEN ? AND ?", (first, last)
+        ).scalar_one()
+        if mine != len(rows):
+            raise LedgerError(f"{table.name}: {len(rows)} rows inserted but {mine} ids in {first}..{last}")
+        return list(range(first, last + 1))
+
     def update_many(
         self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], key: str = "id"
     ) -> None:
