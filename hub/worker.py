@@ -228,26 +228,20 @@ class Worker:
             identities = list({r["identity"] for r in rows})
             # Deliveries of one identity reach one destination in order: a later one waits for an
             # earlier open one, so an amendment is always judged against what the destination holds.
-            first_open: dict[str, int] = dict(
-                conn.execute(
-                    sa.select(d.c.identity, sa.func.min(d.c.id))
-                    .where(
-                        d.c.destination == destination,
-                        d.c.identity.in_(identities),
-                        d.c.state.in_(t.OPEN_STATES),
-                    )
-                    .group_by(d.c.identity)
-                ).all()
-            )
+            # One query gives both that and what the destination holds (claimed or delivered).
+            first_open: dict[str, int] = {}
             held: dict[str, list[tuple[str, str, int]]] = {}
             for r in conn.execute(
                 sa.select(d.c.id, d.c.identity, d.c.content_hash, d.c.idem_key, d.c.state).where(
                     d.c.destination == destination,
                     d.c.identity.in_(identities),
-                    d.c.state.in_((t.DELIVERED, t.INFLIGHT)),
+                    d.c.state.in_((*t.OPEN_STATES, t.DELIVERED)),
                 )
             ):
-                held.setdefault(r.identity, []).append((r.content_hash, r.idem_key, r.id))
+                if r.state in (t.DELIVERED, t.INFLIGHT):
+                    held.setdefault(r.identity, []).append((r.content_hash, r.idem_key, r.id))
+                if r.state in t.OPEN_STATES and r.id < first_open.get(r.identity, r.id + 1):
+                    first_open[r.identity] = r.id
             transitions: list[tuple[int, str | None, str, str | None]] = []
             claimed_identities: set[str] = set()
             to_claim: list[dict[str, Any]] = []
