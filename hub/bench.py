@@ -156,6 +156,138 @@ def measure_e2e(count: int, sink: str, processes: int = 0) -> dict[str, Any]:
     }
 
 
+def measure_ledger_floor(count: int, batch: int = 500) -> dict[str, Any]:
+    """The ledger rows the hub writes for one delivered invoice, written straight through ``sqlite3``
+    into the hub's own schema, with no hub code around them: a document, a version, an event, a
+    delivery and its ``pending`` transition (intake); the claim's reads, its update and ``inflight``
+    transition (worker); the outcome's update, attempt and ``delivered`` transition (record). Batches of
+    ``batch`` per transaction, commits (and SQLite's checkpoints) included. SQLite has one writer, so
+    this is the least time per invoice any layout of threads or processes spends under the write lock
+    with this schema."""
+    from hub.ledger import Ledger
+    from hub.models import Invoice, new_id
+
+    payloads = [invoice_json(i) for i in range(count)]
+    versions = [Invoice.model_validate_json(p).model_dump_json() for p in payloads]
+    stamp = "2026-11-23 10:00:00.000000"
+    took = {"intake": 0.0, "claim": 0.0, "record": 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        Ledger(f"sqlite:///{tmp}/ledger.db").close()  # the schema, as migrations make it
+        db = sqlite3.connect(f"{tmp}/ledger.db", isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=10000"):
+            db.execute(f"PRAGMA {pragma}")
+        for start in range(0, count, batch):
+            span = range(start, min(count, start + batch))
+            t0 = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            shas = [hashlib.sha256(payloads[i]).hexdigest() for i in span]
+            identities = [f"CN:{i:020d}" for i in span]
+            db.executemany(
+                "INSERT INTO documents (sha256, media_type, source, size, received_at, content) "
+                "VALUES (?, 'application/json', 'gen', ?, ?, ?)",
+                [(sha, len(payloads[i]), stamp, payloads[i]) for sha, i in zip(shas, span, strict=True)],
+            )
+            db.executemany(
+                "INSERT INTO invoice_versions (identity, content_hash, canonical_version, kind, number, "
+                "status, issue_date, seller_tax_id, buyer_tax_id, gross, currency, invoice_json, "
+                "document_sha256, source, received_at) VALUES (?, ?, 1, 'cn.digital.special', ?, 'issued', "
+                "'2026-11-01', '91350100M000100Y43', '91110000802100433B', '113.00', 'CNY', ?, ?, 'gen', ?)",
+                [
+                    (ident, sha, ident[3:], versions[i], sha, stamp)
+                    for ident, sha, i in zip(identities, shas, span, strict=True)
+                ],
+            )
+            last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            events = [new_id() for _ in span]
+            db.executemany(
+                "INSERT INTO events (id, type, source, identity, content_hash, version_id, status, "
+                "document_sha256, trace_id, received_at) VALUES (?, 'invoice.received', 'gen', ?, ?, ?, "
+                "'issued', ?, ?, ?)",
+                [
+                    (ev, ident, sha, last - len(span) + 1 + k, sha, ev, stamp)
+                    for k, (ev, ident, sha) in enumerate(zip(events, identities, shas, strict=True))
+                ],
+            )
+            db.executemany(
+                "INSERT INTO deliveries (event_id, destination, route, idem_key, identity, content_hash, "
+                "state, attempts, created_at, updated_at, published_at) "
+                "VALUES (?, 'sink', 'r', ?, ?, ?, 'pending', 0, ?, ?, ?)",
+                [
+                    (ev, sha, ident, sha, stamp, stamp, stamp)
+                    for ev, ident, sha in zip(events, identities, shas, strict=True)
+                ],
+            )
+            last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            ids = list(range(last - len(span) + 1, last + 1))
+            db.executemany(
+                "INSERT INTO delivery_transitions (delivery_id, to_state, at) VALUES (?, 'pending', ?)",
+                [(i, stamp) for i in ids],
+            )
+            db.execute("COMMIT")
+            t1 = time.perf_counter()
+            marks = ",".join("?" * len(ids))
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "SELECT d.id, d.state, d.idem_key, d.identity, d.content_hash, d.route, d.attempts, "
+                "e.type, e.source, e.trace_id, e.received_at, e.document_sha256, e.status, e.version_id "
+                f"FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) "
+                "AND d.destination = 'sink' AND d.state IN ('pending', 'retrying')",
+                ids,
+            ).fetchall()
+            db.execute(
+                "SELECT id, identity, content_hash, idem_key, state FROM deliveries WHERE destination = "
+                f"'sink' AND identity IN ({marks}) AND state IN ('pending', 'inflight', 'retrying', "
+                "'delivered')",
+                identities,
+            ).fetchall()
+            db.execute(
+                "UPDATE deliveries SET state = 'inflight', attempts = attempts + 1, lease_until = ?, "
+                f"updated_at = ? WHERE id IN ({marks}) AND state IN ('pending', 'retrying') RETURNING id",
+                [stamp, stamp, *ids],
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, at, detail) "
+                "VALUES (?, 'pending', 'inflight', ?, 'attempt 1')",
+                [(i, stamp) for i in ids],
+            )
+            db.execute("COMMIT")
+            t2 = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                f"SELECT id, attempts FROM deliveries WHERE id IN ({marks}) AND state = 'inflight'", ids
+            )
+            db.executemany(
+                "UPDATE deliveries SET state = 'delivered', updated_at = ?, lease_until = NULL, "
+                "next_attempt_at = NULL, published_at = NULL WHERE id = ?",
+                [(stamp, i) for i in ids],
+            )
+            db.executemany(
+                "INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome) "
+                "VALUES (?, 1, ?, ?, 'delivered')",
+                [(i, stamp, stamp) for i in ids],
+            )
+            db.executemany(
+                "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, at) "
+                "VALUES (?, 'inflight', 'delivered', ?)",
+                [(i, stamp) for i in ids],
+            )
+            db.execute("COMMIT")
+            t3 = time.perf_counter()
+            took["intake"] += t1 - t0
+            took["claim"] += t2 - t1
+            took["record"] += t3 - t2
+        db.close()
+    us = {k: round(v / count * 1e6, 1) for k, v in took.items()}
+    total = sum(took.values()) / count * 1e6
+    return {
+        "count": count,
+        "batch": batch,
+        **{f"{k}_us": v for k, v in us.items()},
+        "total_us": round(total, 1),
+        "ceiling_per_second": round(1e6 / total),
+    }
+
+
 def measure_baseline(count: int) -> dict[str, Any]:
     """pydantic validate → orjson → SHA-256 → SQLite WAL (batches of 100) → kombu memory:// hop."""
     from kombu.connection import Connection
@@ -245,6 +377,8 @@ def run_bench(count: int, progress: Any = print) -> dict[str, Any]:
     results["steps"] = _child("steps", count)
     progress(f"bare baseline on {count} invoices...")
     results["baseline"] = _child("baseline", count)
+    progress(f"the ledger's rows alone (raw sqlite3, the hub's schema) on {count} invoices...")
+    results["ledger_floor"] = _child("floor", count)
     progress(f"hub end to end, recording sink, {count} invoices...")
     results["e2e_recording"] = _child("e2e", count, "recording")
     progress(f"hub end to end, recording sink, {count * 2} invoices (memory growth)...")
@@ -269,6 +403,8 @@ def main() -> None:
         result = measure_steps(count)
     elif kind == "baseline":
         result = measure_baseline(count)
+    elif kind == "floor":
+        result = measure_ledger_floor(count)
     else:
         result = measure_e2e(count, sink, processes)
     print(orjson.dumps(result).decode())

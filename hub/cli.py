@@ -840,6 +840,12 @@ def bench(count: int, as_json: bool) -> None:
     click.echo(
         f"  ledger write            {st['ledger_write_us']:>8} µs   (transactions of {st['ledger_batch']})"
     )
+    fl = results["ledger_floor"]
+    click.echo(
+        f"  ledger rows alone       {fl['total_us']:>8} µs   (raw sqlite3 into the hub's schema: intake "
+        f"{fl['intake_us']}, claim {fl['claim_us']}, record {fl['record_us']}; one writer, so at most "
+        f"{fl['ceiling_per_second']} invoices/s with nothing else under the write lock)"
+    )
     click.echo("end to end, embedded default (SQLite WAL + memory:// + worker threads):")
     click.echo(
         f"  to the recording sink   {rec['per_second']:>8} invoices/s  "

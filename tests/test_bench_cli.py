@@ -1,0 +1,28 @@
+"""`hub bench` (the benchmark the README names) runs on a fresh install and reports every figure; the
+figures themselves are measured by hand (docs/benchmarks.md), never asserted as timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import run_hub
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_bench_reports_every_measurement(tmp_path: Path) -> None:
+    out = orjson.loads(run_hub("bench", "--count", "120", "--json", cwd=tmp_path).stdout)
+    steps, floor = out["steps"], out["ledger_floor"]
+    assert steps["count"] == 120 and steps["validate_canonical_hash_us"] > 0
+    assert floor["count"] == 120
+    assert floor["total_us"] == pytest.approx(
+        floor["intake_us"] + floor["claim_us"] + floor["record_us"], abs=0.2
+    )
+    for name in ("e2e_recording", "e2e_archive", "e2e_recording_process", "e2e_archive_process"):
+        assert out[name]["delivered"] == 120, (name, out[name])
+        assert out[name]["per_second"] > 0
+    assert out["e2e_recording_double"]["delivered"] == 240
+    assert out["baseline"]["count"] == 120 and out["ratio_to_baseline"] > 0
