@@ -378,6 +378,8 @@ class Hub:
         workers in child processes); ``sources=False`` is such a child (workers only, no relay)."""
         if sources:
             self.take_lock()  # a worker process (no sources) runs under its supervisor's lock
+        # Validated invoices kept for this process's workers: none here when the workers are processes.
+        self.intake.keep_for_workers = workers
         tune_gc()
         destinations = self.destinations()
         self._until_ready(lambda: self.bus.declare(destinations))

@@ -117,6 +117,8 @@ class Intake:
         # live elsewhere (`hub run --workers N`) or fall behind just reads the JSON, as after a restart.
         self._parsed: dict[tuple[str, str], Invoice] = {}
         self._parsed_lock = threading.Lock()
+        #: Off where no worker of this process takes them (the supervisor of `hub run --workers N`).
+        self.keep_for_workers = True
 
     # -----------------------------------------------------------------------------------------------
     # Parse and validate (no database)
@@ -212,7 +214,7 @@ class Intake:
     def keep_parsed(self, written: Written) -> None:
         """Offer the new versions of a committed ``write`` to this process's workers (``take_parsed``).
         Only after the commit: a rolled-back write must leave nothing a worker could take."""
-        if not written.parsed or not written.publish:
+        if not written.parsed or not written.publish or not self.keep_for_workers:
             return
         with self._parsed_lock:
             self._parsed.update(written.parsed)
