@@ -38,7 +38,11 @@ def embedded_run(tmp_path: Path) -> Any:
 
 
 def test_worker_processes_share_the_sqlite_ledger_and_survive_kill_9(embedded_run: Any) -> None:
-    run = embedded_run(count=2000, sinks={"erp": {}, "archive": {}}, lease_seconds=3.0).start()
+    # Each sink call takes 2 ms, so the run outlasts the supervisor's restart delay (1 s) and a worker's
+    # start-up: without it the surviving worker finished the rest first and the run ended, correctly,
+    # before any replacement was started.
+    slow = {"delay": 0.002}
+    run = embedded_run(count=2000, sinks={"erp": slow, "archive": slow}, lease_seconds=3.0).start()
     before = run.delivered()
     run.wait_for("deliveries under way", lambda: run.delivered() > before + 200, timeout=90)
     pids = run.worker_pids()
