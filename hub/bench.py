@@ -7,6 +7,8 @@ Each measurement runs in a child process of its own, so peak memory (max RSS) is
 * ``e2e``: invoices per second from intake to a sink through the real hub (SQLite ledger in WAL,
   kombu ``memory://``, worker threads), to the ``recording`` sink (which records every delivery)
   and to ``archive.fs`` (content-addressed files, fsync'd);
+* ``floor``: the ledger rows of one delivered invoice through raw ``sqlite3`` (the write lock's floor);
+* ``archive-floor``: ``archive.fs``'s folders, files, links and syncs through raw ``os`` (the disk's);
 * ``baseline``: a bare prototype of the same steps — pydantic validate → orjson → SHA-256 → SQLite
   WAL in batches of 100 → kombu ``memory://`` hop — with nothing else.
 """
@@ -288,6 +290,76 @@ def measure_ledger_floor(count: int, batch: int = 500) -> dict[str, Any]:
     }
 
 
+def measure_archive_floor(count: int, batch: int = 500) -> dict[str, Any]:
+    """The file-system work ``archive.fs`` does for one invoice, straight through ``os`` with no hub or
+    archive code around it: the original under ``objects/aa/bb/<sha256>`` (a shard folder made when
+    missing) and the metadata record under ``invoices/<month>/``, each a new temp file (``O_EXCL``) that
+    is written, linked to its key and unlinked; three ``sync`` barriers per batch of ``batch``
+    (``deliver_batch``: originals' bytes; their links and the records' bytes; the records' links). The
+    least time per invoice any archive with write-once files spends on this disk."""
+    from hub.models import Invoice
+
+    payloads = [invoice_json(i) for i in range(count)]
+    records = [Invoice.model_validate_json(p).model_dump_json().encode() for p in payloads]
+    took = {"files": 0.0, "sync": 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "archive"
+        month = root / "invoices" / "2026-11"
+        month.mkdir(parents=True)
+
+        def stage(target: Path, data: bytes) -> Path:
+            if not target.parent.is_dir():
+                target.parent.mkdir(parents=True)
+            part = target.parent / f".{target.name}.{os.urandom(8).hex()}.tmp"
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            return part
+
+        def commit(part: Path, target: Path) -> None:
+            os.link(part, target)
+            os.unlink(part)
+
+        def barrier() -> None:
+            t = time.perf_counter()
+            os.sync()
+            took["sync"] += time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        for start in range(0, count, batch):
+            span = range(start, min(count, start + batch))
+            staged = []
+            for i in span:
+                sha = hashlib.sha256(payloads[i]).hexdigest()
+                record = month / f"CN~3A{i:020d}.{sha}.json"
+                original = root / "objects" / sha[:2] / sha[2:4] / sha
+                if record.exists() or original.exists():
+                    raise RuntimeError(f"{record} or {original} exists in a new archive")
+                staged.append((record, original, stage(original, payloads[i])))
+            barrier()
+            parts = []
+            for (record, original, part), i in zip(staged, span, strict=True):
+                commit(part, original)
+                parts.append((record, stage(record, records[i])))
+            barrier()
+            for record, part in parts:
+                commit(part, record)
+            barrier()
+        elapsed = time.perf_counter() - t0
+    took["files"] = elapsed - took["sync"]
+    total = elapsed / count * 1e6
+    return {
+        "count": count,
+        "batch": batch,
+        "files_us": round(took["files"] / count * 1e6, 1),
+        "sync_us": round(took["sync"] / count * 1e6, 1),
+        "total_us": round(total, 1),
+        "ceiling_per_second": round(1e6 / total),
+    }
+
+
 def measure_baseline(count: int) -> dict[str, Any]:
     """pydantic validate → orjson → SHA-256 → SQLite WAL (batches of 100) → kombu memory:// hop."""
     from kombu.connection import Connection
@@ -379,6 +451,8 @@ def run_bench(count: int, progress: Any = print) -> dict[str, Any]:
     results["baseline"] = _child("baseline", count)
     progress(f"the ledger's rows alone (raw sqlite3, the hub's schema) on {count} invoices...")
     results["ledger_floor"] = _child("floor", count)
+    progress(f"archive.fs's file work alone (os calls, no hub) on {count} invoices...")
+    results["archive_floor"] = _child("archive-floor", count)
     progress(f"hub end to end, recording sink, {count} invoices...")
     results["e2e_recording"] = _child("e2e", count, "recording")
     progress(f"hub end to end, recording sink, {count * 2} invoices (memory growth)...")
@@ -405,6 +479,8 @@ def main() -> None:
         result = measure_baseline(count)
     elif kind == "floor":
         result = measure_ledger_floor(count)
+    elif kind == "archive-floor":
+        result = measure_archive_floor(count)
     else:
         result = measure_e2e(count, sink, processes)
     print(orjson.dumps(result).decode())

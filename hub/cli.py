@@ -862,6 +862,12 @@ def bench(count: int, as_json: bool) -> None:
         f"({arc['count']} in {arc['seconds']} s, "
         f"peak {arc['peak_mb']} MB; target ≥ 2,000/s)"
     )
+    af = results["archive_floor"]
+    click.echo(
+        f"  archive files alone     {af['total_us']:>8} µs   (os calls, no hub: a shard folder, two new "
+        f"files linked into place, {af['sync_us']} of it sync; at most {af['ceiling_per_second']} "
+        "invoices/s into a new archive on this disk)"
+    )
     recp, arcp = results["e2e_recording_process"], results["e2e_archive_process"]
     click.echo("same, with one worker process (hub run --workers 1; SQLite shared, filesystem:// bus):")
     for label, r in (("to the recording sink", recp), ("to archive.fs (fsync)", arcp)):

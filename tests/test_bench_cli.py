@@ -26,3 +26,27 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
         assert out[name]["per_second"] > 0
     assert out["e2e_recording_double"]["delivered"] == 240
     assert out["baseline"]["count"] == 120 and out["ratio_to_baseline"] > 0
+    archive = out["archive_floor"]
+    assert archive["count"] == 120 and archive["ceiling_per_second"] > 0
+    assert archive["total_us"] == pytest.approx(archive["files_us"] + archive["sync_us"], abs=0.2)
+
+
+def test_bench_prints_every_figure_with_its_target(tmp_path: Path) -> None:
+    proc = run_hub("bench", "--count", "60", cwd=tmp_path)
+    text = proc.stdout
+    for line in (
+        "= validate+canon+hash",
+        "(target ≤ 50 µs)",
+        "ledger rows alone",
+        "to the recording sink",
+        "target ≥ 5,000/s",
+        "to archive.fs (fsync)",
+        "target ≥ 2,000/s",
+        "archive files alone",
+        "worker process",
+        "bare baseline",
+        "hub / baseline:",
+    ):
+        assert line in text, (line, text)
+    # Progress goes to stderr, one line per measurement, while the figures go to stdout.
+    assert "archive.fs's file work alone" in proc.stderr and "bare baseline on 60" in proc.stderr
