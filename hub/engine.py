@@ -59,7 +59,12 @@ def tune_gc() -> None:
     CPython's cyclic collector, which by default runs every 700 allocations and walks the whole young
     generation: a third of the cost of validating an invoice. Freeze what start-up loaded (modules,
     plugins, config) out of the collector's view and run it less often. Once per process: objects
-    frozen later (a second run in one process, as in tests) would keep any cyclic garbage forever."""
+    frozen later (a second run in one process, as in tests) would keep any cyclic garbage forever.
+
+    At that threshold the young generation's count (allocations less deallocations) seldom reaches
+    it, so the cycles that do occur (SQLAlchemy's statements: a clone points at what it was cloned
+    from) were collected almost never — ~1 KB per invoice, peak memory growing with the count. The
+    run loop therefore collects every ``GC_INTERVAL`` seconds (``collect_if_due``)."""
     global _GC_TUNED
     if _GC_TUNED:
         return
@@ -69,6 +74,19 @@ def tune_gc() -> None:
 
 
 _GC_TUNED = False
+
+#: Seconds between the full collections a tuned process makes (~10-60 ms each at 3,000 invoices/s).
+GC_INTERVAL = 5.0
+
+
+def collect_if_due(last: float) -> float:
+    """A full collection when ``tune_gc`` took over the collector's schedule and ``GC_INTERVAL`` has
+    passed since ``last`` (a ``time.monotonic()``); returns the time of the last collection."""
+    at = time.monotonic()
+    if not _GC_TUNED or at - last < GC_INTERVAL:
+        return last
+    gc.collect()
+    return at
 
 
 class Hub:
@@ -416,10 +434,12 @@ class Hub:
             th.daemon = True
             th.start()
         last_progress = 0.0
+        last_gc = time.monotonic()
         idle_checks = 0
         try:
             while not self.stop_event.is_set():
                 self.stop_event.wait(0.05)
+                last_gc = collect_if_due(last_gc)
                 if progress and time.monotonic() - last_progress >= progress_interval:
                     last_progress = time.monotonic()
                     progress(self.snapshot())
