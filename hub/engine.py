@@ -80,10 +80,10 @@ GC_INTERVAL = 5.0
 
 
 def collect_if_due(last: float) -> float:
-    """A full collection when ``tune_gc`` took over the collector's schedule and ``GC_INTERVAL`` has
-    passed since ``last`` (a ``time.monotonic()``); returns the time of the last collection."""
+    """A full collection when ``GC_INTERVAL`` has passed since ``last`` (a ``time.monotonic()``), for a
+    process whose collector ``tune_gc`` slowed down; returns the time of the last collection."""
     at = time.monotonic()
-    if not _GC_TUNED or at - last < GC_INTERVAL:
+    if at - last < GC_INTERVAL:
         return last
     gc.collect()
     return at
