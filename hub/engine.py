@@ -42,6 +42,8 @@ REPUBLISH_AFTER = timedelta(seconds=30)
 #: again and again) while the workers are behind. Deliveries whose publish failed are republished at
 #: the next relay pass whatever this says (their ``published_at`` is cleared).
 REPUBLISH_AFTER_DURABLE = timedelta(minutes=10)
+#: Seconds between the SQLite ledger's WAL checkpoints by ``hub run`` (``Hub._checkpoint_loop``).
+WAL_CHECKPOINT_INTERVAL = 0.2
 
 
 @dataclass
@@ -374,6 +376,17 @@ class Hub:
 
         self.bus.consume(destinations, handle, self.stop_event, prefetch=2)
 
+    def _checkpoint_loop(self) -> None:
+        """Copy the SQLite WAL into the database file every ``WAL_CHECKPOINT_INTERVAL`` seconds, beside
+        the writers. Otherwise the commit that crosses ``wal_autocheckpoint`` pages does it while it
+        holds the write lock every other thread and worker process is waiting for (that stays as the
+        fallback should this thread fall behind)."""
+        while not self.stop_event.wait(WAL_CHECKPOINT_INTERVAL):
+            try:
+                self.ledger.wal_checkpoint()
+            except (HubError, sa.exc.SQLAlchemyError) as exc:
+                log.warning("wal_checkpoint_failed", error=str(exc))
+
     def _relay_loop(self) -> None:
         while not self.stop_event.wait(self.config.worker.relay_interval):
             try:
@@ -424,6 +437,8 @@ class Hub:
             )
         if sources:
             threads.append(threading.Thread(target=self._relay_loop, name="relay"))
+            if self.ledger.dialect == "sqlite":
+                threads.append(threading.Thread(target=self._checkpoint_loop, name="wal-checkpoint"))
         if self.config.reconcile and any(th.name == "relay" for th in threads):
             # Scheduled `reconcile:` entries (hub/reconcile.py), where the relay runs (not in worker-only
             # children).

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +106,85 @@ def test_claim_index_allows_one_claimed_or_delivered_per_key(ledger_url: str) ->
             )
         with ledger.begin() as conn:  # another destination may hold the same key
             conn.execute(t.deliveries.insert(), [{**row, "destination": "archive", "state": "inflight"}])
+    finally:
+        ledger.close()
+
+
+def test_documents_are_stored_once_and_the_wal_checkpoint_copies_everything(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    try:
+        doc = Document(content=invoice_json(1), media_type="application/json", filename="a.json", source="s")
+        again = Document(content=doc.content, media_type="text/plain", filename="b.json", source="t")
+        with ledger.begin() as conn:
+            ledger.put_documents(conn, [doc])
+        with ledger.begin() as conn:
+            ledger.put_documents(conn, [again, doc])  # already there: kept as first stored, no error
+        with ledger.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.documents.c.filename, t.documents.c.source)).all()
+        assert rows == [("a.json", "s")]
+        frames, copied = ledger.wal_checkpoint()
+        if ledger.dialect == "sqlite":
+            assert frames > 0 and copied == frames, (frames, copied)
+        else:
+            assert (frames, copied) == (0, 0)
+    finally:
+        ledger.close()
+
+
+def test_sqlite_writers_of_several_processes_take_turns_through_a_file_lock(tmp_path: Path) -> None:
+    """`hub run --workers N` and the CLI write to one SQLite file from several processes: each write
+    transaction holds an flock on `<ledger>.writer-lock` (woken at once when the holder lets go, where
+    SQLite's busy handler sleeps and polls), and lets it go at commit or on an error."""
+    db = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{db}")
+    lock_path = Path(f"{db}.writer-lock")
+
+    def held_elsewhere() -> bool:
+        fd = os.open(lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock this probe took
+        return False
+
+    try:
+        assert lock_path.exists() and not held_elsewhere()
+        with ledger.begin() as conn:
+            ledger.set_checkpoint(conn, "erp", "1")
+            assert held_elsewhere()
+        assert not held_elsewhere()
+        with pytest.raises(RuntimeError), ledger.begin() as conn:
+            ledger.set_checkpoint(conn, "erp", "2")
+            raise RuntimeError("a failed transaction")
+        assert not held_elsewhere()
+        assert ledger.get_checkpoint("erp") == "1"
+        # A second process's writer waits for this one's commit.
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from hub.ledger import Ledger\n"
+                f"l = Ledger({f'sqlite:///{db}'!r})\n"
+                "print('ready', flush=True); sys.stdin.readline()\n"
+                "with l.begin() as c: l.set_checkpoint(c, 'erp', '3')\n"
+                "print(l.get_checkpoint('erp'))",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        with ledger.begin() as conn:
+            ledger.set_checkpoint(conn, "erp", "held")
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(timeout=0.5)  # blocked on our lock, not finished
+        out, _ = child.communicate(timeout=60)
+        assert out.strip() == "3" and ledger.get_checkpoint("erp") == "3"
     finally:
         ledger.close()
 

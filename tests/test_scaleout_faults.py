@@ -337,7 +337,10 @@ def test_copies_of_one_delivery_race_for_the_claim_across_processes(hub_run: Any
 def test_sigterm_drains_in_flight_deliveries(hub_run: Any) -> None:
     """SIGTERM to the supervisor mid-run: every worker process finishes the message in hand and exits;
     no claim is left behind (nothing waits for a lease), and a second run finishes the rest."""
-    run = hub_run(count=8000, sinks={"erp": {}, "archive": {}}, lease_seconds=300.0)
+    # 1 ms a call: 16,000 calls take the four consumers 4 s or more, so the SIGTERM lands mid-run (without
+    # it a fast run had sometimes delivered everything before the signal arrived).
+    slow = {"delay": 0.001}
+    run = hub_run(count=8000, sinks={"erp": slow, "archive": slow}, lease_seconds=300.0)
     run.start(until_idle=False)
     run.wait_for("deliveries under way", lambda: run.delivered() > 100, timeout=90)
     workers = run.worker_pids()

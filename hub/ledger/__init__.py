@@ -14,6 +14,8 @@ threads never deadlock on a lock upgrade.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -60,6 +62,53 @@ def document_from_row(row: Any) -> Document:
     )
 
 
+class _WriteLock:
+    """The turn to write to a SQLite ledger: a lock for the threads of this process and, for a ledger
+    file, an ``flock`` on a file beside it for the processes (``hub run --workers N``, the CLI).
+
+    SQLite's own busy handler makes a writer that finds the database locked sleep 1, 2, 5, 10 … ms and
+    try again; between two busy processes that was most of the supervisor's wait for the lock. A
+    process blocked in ``flock`` is woken the moment the holder lets go. The kernel drops the lock of a
+    process that dies (``kill -9``), and the busy handler stays behind it for writers that do not take
+    this lock (an older hub, the ``sqlite3`` shell). Reentrant, like the ``RLock`` it wraps: only the
+    outermost hold takes and drops the file lock."""
+
+    def __init__(self, path: str | None) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        if path is not None:
+            try:
+                self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._fd = None  # a read-only folder: SQLite's busy handler alone, as before
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError:
+                self._depth -= 1
+                self._lock.release()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._depth == 1 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._depth -= 1
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class Ledger:
     """One ledger database. Thread-safe: every transaction takes its own pooled connection."""
 
@@ -86,7 +135,11 @@ class Ledger:
             self._sqlite_setup(self.engine)
         self._statements: dict[tuple[str, str, tuple[str, ...]], tuple[str, list[int]]] = {}
         self._migrate_lock = threading.Lock()
-        self._write_lock: Any = threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        self._write_lock: Any = contextlib.nullcontext()
+        if self.dialect == "sqlite":
+            database = parsed.database
+            file_db = bool(database) and database != ":memory:" and not str(database).startswith("file:")
+            self._write_lock = _WriteLock(f"{database}.writer-lock" if file_db else None)
         if migrate:
             self.migrate()
 
@@ -107,7 +160,9 @@ class Ledger:
             # A checkpoint runs inside the commit that crosses this many WAL pages, while that writer
             # holds the one write lock: at SQLite's default (1,000 pages, 4 MB) it was half of intake's
             # commit time. 10,000 pages (40 MB of WAL at most between checkpoints) halves that and
-            # measured 5-10 % more invoices/s end to end (docs/benchmarks.md, stop 12).
+            # measured 5-10 % more invoices/s end to end (docs/benchmarks.md, stop 12). `hub run` also
+            # checkpoints from a thread of its own, beside the writers (Hub._checkpoint_loop), so this
+            # is the fallback.
             cur.execute("PRAGMA wal_autocheckpoint=10000")
             cur.close()
 
@@ -120,6 +175,8 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+        if isinstance(self._write_lock, _WriteLock):
+            self._write_lock.close()
 
     # -----------------------------------------------------------------------------------------------
     # Transactions and migrations
@@ -137,6 +194,17 @@ class Ledger:
                     yield conn
         except sa.exc.OperationalError as exc:
             raise LedgerError(f"ledger {self.safe_url} failed: {exc.orig}") from exc
+
+    def wal_checkpoint(self) -> tuple[int, int]:
+        """Copy what the SQLite WAL holds into the database file (``PRAGMA wal_checkpoint(PASSIVE)``),
+        without the write lock: writers go on meanwhile. Returns (WAL frames, frames copied); (0, 0)
+        for PostgreSQL."""
+        if self.dialect != "sqlite":
+            return (0, 0)
+        with self.engine.connect() as conn:
+            _busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+            conn.rollback()
+        return int(frames), int(copied)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -179,15 +247,24 @@ class Ledger:
     # -----------------------------------------------------------------------------------------------
     # Bulk writes straight through the driver
     # -----------------------------------------------------------------------------------------------
-    def insert_many(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    def insert_many(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        on_conflict_skip: str | None = None,
+    ) -> None:
         """``INSERT`` many rows with one DBAPI ``executemany``. The hot writes (several rows per invoice)
         go this way: SQLAlchemy Core's executemany builds and type-processes a parameter dict per row,
         which cost more than SQLite's own work. Every row has the keys of the first; values are what the
         driver takes (str, int, bytes, None) except timestamps, which are converted as ``UTCDateTime``
-        stores them (aware datetimes only)."""
+        stores them (aware datetimes only). ``on_conflict_skip``: a unique column; a row whose value is
+        already there is left out."""
         if rows:
             names = tuple(rows[0])
-            sql, stamps = self._statement("insert", table, names)
+            verb = f"insert-skip:{on_conflict_skip}" if on_conflict_skip else "insert"
+            sql, stamps = self._statement(verb, table, names)
             self._execute_many(conn, sql, [[row[n] for n in names] for row in rows], stamps)
 
     def insert_many_ids(
@@ -233,10 +310,15 @@ class Ledger:
                 if name not in table.c:
                     raise LedgerError(f"table {table.name} has no column {name!r}")
             mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-            if verb == "insert":
+            if verb.startswith("insert"):
                 sql = (
                     f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
                 )
+                _, _, skip = verb.partition("insert-skip:")
+                if skip:
+                    if skip not in table.c:
+                        raise LedgerError(f"table {table.name} has no column {skip!r}")
+                    sql += f" ON CONFLICT ({skip}) DO NOTHING"
             else:
                 sets = ", ".join(f"{n} = {mark}" for n in names[:-1])
                 sql = f"UPDATE {table.name} SET {sets} WHERE {names[-1]} = {mark}"
@@ -263,15 +345,11 @@ class Ledger:
     # Documents
     # -----------------------------------------------------------------------------------------------
     def put_documents(self, conn: Connection, docs: Sequence[Document]) -> None:
-        """Insert documents not yet stored (by sha256); existing ones are kept as they are."""
+        """Insert documents not yet stored (by sha256); existing ones are kept as they are
+        (``ON CONFLICT DO NOTHING``, the same words on SQLite and PostgreSQL: no query first)."""
         if not docs:
             return
         unique = {d.sha256: d for d in docs}
-        have = set(
-            conn.execute(
-                sa.select(t.documents.c.sha256).where(t.documents.c.sha256.in_(list(unique)))
-            ).scalars()
-        )
         rows = [
             {
                 "sha256": sha,
@@ -285,9 +363,8 @@ class Ledger:
                 "content": d.content,
             }
             for sha, d in unique.items()
-            if sha not in have
         ]
-        self.insert_many(conn, t.documents, rows)
+        self.insert_many(conn, t.documents, rows, on_conflict_skip="sha256")
 
     def get_document(self, sha256: str, conn: Connection | None = None) -> Document | None:
         def fetch(c: Connection) -> Document | None:
