@@ -180,6 +180,11 @@ class Receipt:
 class Sink(Connector):
     """A connector that invoices are delivered to."""
 
+    #: Whether ``DeliveryRequest.documents`` should carry the invoice's stored files (its raw bytes,
+    #: the files beside it, its containers). An archive wants them; a sink that sends the invoice's
+    #: data (an ERP, a platform) says False, and the worker does not read them from the ledger.
+    wants_documents: bool = True
+
     def deliver(self, request: DeliveryRequest) -> Receipt:
         raise NotImplementedError(f"{type(self).__name__} is a sink but does not implement deliver()")
 

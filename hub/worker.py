@@ -117,10 +117,11 @@ class Worker:
         # SQLite a reader does not hold the one write lock the intake and the other workers wait for.
         # Should the ledger fail here, the claims stand until their lease runs out and the relay
         # publishes them again, as after a crash.
-        with self.ledger.engine.connect() as conn:
-            self._attach_documents(conn, claimed)
-            self._attach_invoices(conn, claimed)
         sink = self.sinks.get(destination)
+        with self.ledger.engine.connect() as conn:
+            if getattr(sink, "wants_documents", True):
+                self._attach_documents(conn, claimed)
+            self._attach_invoices(conn, claimed)
         with self._renewing_leases(claimed):
             if sink is not None and len(claimed) > 1 and callable(getattr(sink, "deliver_batch", None)):
                 outcomes = self._deliver_batch(sink, destination, claimed)

@@ -196,6 +196,8 @@ def plain(value: Decimal | None) -> str:
 class EInvoiceConnector(Sink, Inventory):
     """Issue invoices through a third-party e-invoice platform, exactly once (see module docstring)."""
 
+    wants_documents = False  # sends the invoice's data, not its files
+
     Settings: ClassVar[type[ConnectorSettings]] = EInvoiceSettings
     platform: ClassVar[str] = ""
     #: The longest order number the platform takes.

@@ -441,6 +441,8 @@ def _date(value: Any) -> date | None:
 class ErpRestConnector(Sink, Inventory):
     """A REST ERP: deliver invoices exactly once (search, then create) and list what it holds."""
 
+    wants_documents = False  # sends the invoice's data, not its files
+
     type_name = "erp.rest"
     Settings = ErpRestSettings
     #: Chinese invoices and their red-letter reversals are what every preset books as is (the Odoo

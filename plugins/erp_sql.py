@@ -478,6 +478,8 @@ class RowHandle:
 class ErpSqlConnector(Source, Sink, Inventory):
     """Middle tables in the ERP's database: outbound rows in, deliveries out, issued numbers back."""
 
+    wants_documents = False  # sends the invoice's data, not its files
+
     type_name = "erp.sql"
     Settings = ErpSqlSettings
     #: Any invoice (the inbound row keeps it whole as JSON), red-letter invoices included.

@@ -51,6 +51,7 @@ class RecordingSettings(ConnectorSettings):
 
 
 class RecordingSink(Sink, Inventory):
+    wants_documents = False  # sends the invoice's data, not its files
     type_name = "recording"
     Settings = RecordingSettings
     settings: RecordingSettings

@@ -160,6 +160,30 @@ def test_hook_hub_register_parsers(tmp_path: Path) -> None:
     assert all(r.documents[0].sha256 == doc.sha256 for r in sink.requests)
 
 
+def test_a_sink_that_wants_no_documents_gets_none_and_an_archive_gets_them(tmp_path: Path) -> None:
+    """``Sink.wants_documents = False`` (an ERP, a platform): the worker does not read the stored files
+    for it; a sink left at the default receives the invoice's document."""
+    doc = hub.Document(content=invoice_json(7), media_type="application/json", filename="7.json")
+    source = mock_source([hub.Incoming(documents=[doc], key="7.json")])
+    archive = mock_sink(type_name="test.archive")
+    erp = type("DataOnly", (mock_sink(type_name="test.erp"),), {"wants_documents": False})
+    harness = HubHarness(
+        root=tmp_path,
+        connectors={
+            "in": {"type": source.type_name},
+            "a": {"type": "test.archive"},
+            "e": {"type": "test.erp"},
+        },
+        routes=[{"from": "in", "to": ["a", "e"]}],
+        types=[source, archive, erp],
+    )
+    summary = harness.run(timeout=30)
+    assert summary["delivered"] == 2
+    assert [d.sha256 for r in archive.requests for d in r.documents] == [doc.sha256]
+    assert len(erp.requests) == 1 and erp.requests[0].documents == []
+    assert erp.requests[0].invoice.number == archive.requests[0].invoice.number
+
+
 class BuyerMustHaveTaxId:
     name = "buyer_tax_id_required"
 
