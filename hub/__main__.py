@@ -2,4 +2,5 @@
 
 from hub.cli import main
 
-main()
+if __name__ == "__main__":  # not when a helper process started with spawn imports this module
+    main()

@@ -93,6 +93,9 @@ class WorkerConfig(_Strict):
     lease_seconds: float = Field(300.0, gt=0)
     #: Seconds between outbox relays (republishing pending and due retries).
     relay_interval: float = Field(1.0, gt=0)
+    #: Parse, validate and hash big batches in a helper process beside the ledger writes (hub.preparer),
+    #: on a machine with two or more cores and with ``batch_size`` of 100 or more.
+    intake_helper: bool = True
 
 
 class HubConfig(_Strict):

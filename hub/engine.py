@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from hub.intake import Intake, Prepared
 from hub.ledger import Ledger, now
 from hub.ledger import schema as t
 from hub.plugins import HubPlugins, build_plugins
+from hub.preparer import Preparer
 from hub.worker import Worker
 
 log = structlog.get_logger()
@@ -44,6 +46,10 @@ REPUBLISH_AFTER = timedelta(seconds=30)
 REPUBLISH_AFTER_DURABLE = timedelta(minutes=10)
 #: Seconds between the SQLite ledger's WAL checkpoints by ``hub run`` (``Hub._checkpoint_loop``).
 WAL_CHECKPOINT_INTERVAL = 0.2
+
+
+#: A batch handed to the intake helper: its items and the helper's answer to come.
+_InFlight = tuple[list[Incoming], "Future[Any]"]
 
 
 @dataclass
@@ -101,8 +107,9 @@ class Hub:
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
+        extra = list(extra_plugins)
         self.plugins = plugins or build_plugins(
-            blocked=self.config.plugins.disabled, allowed=self.config.plugins.allow, extra=extra_plugins
+            blocked=self.config.plugins.disabled, allowed=self.config.plugins.allow, extra=extra
         )
         self.settings = validate_connectors(loaded, self.plugins)
         self.data_dir = Path(self.config.data_dir)
@@ -120,6 +127,9 @@ class Hub:
             context.data_dir.mkdir(parents=True, exist_ok=True)
             self.connectors[name] = cls(settings, context)
         self.intake = Intake(self.config, self.ledger, self.plugins.parsers, self.plugins.rules)
+        # The intake helper process has the plugins of the entry points (forked, or built again from
+        # them and this config file): not for a hub given plugin objects in code (tests).
+        self._preparer = None if self.plugins.in_code else Preparer(loaded, self.intake)
         self.worker = Worker(
             self.config,
             self.ledger,
@@ -152,6 +162,8 @@ class Hub:
         return sorted(dests | set(self.sinks))
 
     def close(self) -> None:
+        if self._preparer is not None:
+            self._preparer.close()
         for name, conn in self.connectors.items():
             try:
                 conn.close()
@@ -329,20 +341,35 @@ class Hub:
         self._lock_file.flush()
 
     def _source_loop(self, name: str, source: Source, batch_size: int) -> None:
+        """Poll ``source`` and take in what it yields, batch by batch. With the intake helper process
+        (``hub.preparer``) it prepares batch k+1 while this thread writes batch k; batches are written
+        in the order polled, all by this thread. A pass ends once everything it read is written, so
+        the next ``poll`` starts from the checkpoint of everything before it; an error ends the pass,
+        and what was polled but not written is read again (never committed to the source)."""
+        preparer = (
+            self._preparer
+            if self._preparer is not None and self._preparer.started and self._preparer.wanted(batch_size)
+            else None
+        )
         while not self.stop_event.is_set():
             got = 0
             try:
                 checkpoint = self.ledger.get_checkpoint(name)
                 batch: list[Incoming] = []
+                inflight: _InFlight | None = None
                 for item in source.poll(checkpoint):
                     batch.append(item)
                     if len(batch) >= batch_size:
-                        got += self._intake_batch(name, source, batch)
+                        got += len(batch)
+                        inflight = self._intake_step(name, source, batch, inflight, preparer)
                         batch = []
                     if self.stop_event.is_set():
                         break
                 if batch:
-                    got += self._intake_batch(name, source, batch)
+                    got += len(batch)
+                    inflight = self._intake_step(name, source, batch, inflight, preparer)
+                if inflight is not None:
+                    self._finish_step(name, source, inflight, preparer)
             except HubError as exc:
                 log.warning("source_failed", connector=name, error=str(exc), error_class=type(exc).__name__)
                 self._errors.append(f"{name}: {exc}")
@@ -353,8 +380,36 @@ class Hub:
             if got == 0:
                 self.stop_event.wait(source.poll_interval)
 
+    def _intake_step(
+        self,
+        name: str,
+        source: Source,
+        batch: list[Incoming],
+        inflight: _InFlight | None,
+        preparer: Preparer | None,
+    ) -> _InFlight | None:
+        """Hand ``batch`` to the helper, then write the batch before it; without the helper (or while
+        it starts) write what is in flight, then prepare and write ``batch`` here."""
+        future = preparer.submit(name, batch) if preparer is not None else None
+        if inflight is not None:
+            self._finish_step(name, source, inflight, preparer)
+        if future is None:
+            self._intake_batch(name, source, batch)
+            return None
+        return (batch, future)
+
+    def _finish_step(self, name: str, source: Source, inflight: _InFlight, preparer: Preparer | None) -> None:
+        batch, future = inflight
+        assert preparer is not None
+        self._record_batch(name, source, batch, preparer.collect(name, batch, future))
+
     def _intake_batch(self, name: str, source: Source, batch: list[Incoming]) -> int:
-        outcomes = self.ingest(batch, name)
+        return self._record_batch(name, source, batch, [self.intake.prepare(item, name) for item in batch])
+
+    def _record_batch(
+        self, name: str, source: Source, batch: list[Incoming], prepared: list[Prepared]
+    ) -> int:
+        outcomes = self.record(prepared)
         for item, outcome in zip(batch, outcomes, strict=True):
             try:
                 source.commit(item, outcome)
@@ -445,6 +500,14 @@ class Hub:
             from hub.reconcile import scheduler_thread
 
             threads.append(scheduler_thread(self))
+        if (
+            sources
+            and workers
+            and self.sources
+            and self._preparer is not None
+            and self._preparer.wanted(self.config.worker.batch_size)
+        ):
+            self._preparer.start()  # in the background: batches are prepared here until it is ready
         for th in threads:
             th.daemon = True
             th.start()
@@ -469,6 +532,8 @@ class Hub:
             self.stop_event.set()
             for th in threads:
                 th.join(timeout=60)
+            if self._preparer is not None:
+                self._preparer.close()
         summary = self.snapshot()
         if progress:
             progress(summary)

@@ -51,7 +51,8 @@ class Failure:
 
 @dataclass
 class Accepted:
-    invoice: Invoice
+    #: None when the intake helper process prepared it (``hub.preparer``): ``row`` holds its JSON.
+    invoice: Invoice | None
     content_hash: str
     document: Document | None
     warnings: list[Problem]
@@ -62,7 +63,7 @@ class Accepted:
     targets: list[tuple[Route, str]] | None = None
 
     def plan(self, config: HubConfig, source: str) -> None:
-        inv = self.invoice
+        inv = self.load_invoice()
         self.row = {
             "identity": inv.identity,
             "content_hash": self.content_hash,
@@ -82,6 +83,20 @@ class Accepted:
             "warnings": dumps([p.__dict__ for p in self.warnings]) if self.warnings else None,
         }
         self.targets = destinations_for(config, source, "invoice.received", inv)
+
+    @property
+    def identity(self) -> str:
+        return self.invoice.identity if self.invoice is not None else str(self.row["identity"])  # type: ignore[index]
+
+    @property
+    def status(self) -> str:
+        return self.invoice.status.value if self.invoice is not None else str(self.row["status"])  # type: ignore[index]
+
+    def load_invoice(self) -> Invoice:
+        """The invoice, validated again from the version row's JSON where only that came back."""
+        if self.invoice is None:
+            self.invoice = Invoice.model_validate_json(self.row["invoice_json"])  # type: ignore[index]
+        return self.invoice
 
 
 @dataclass
@@ -229,7 +244,7 @@ class Intake:
     def write(self, conn: Connection, batch: Sequence[Prepared]) -> Written:
         at = now()
         self.ledger.put_documents(conn, [d for p in batch for d in p.documents])
-        identities = {a.invoice.identity for p in batch for a in p.accepted}
+        identities = {a.identity for p in batch for a in p.accepted}
         known: dict[tuple[str, str], dict[str, Any]] = {}
         if identities:
             for row in conn.execute(
@@ -247,11 +262,11 @@ class Intake:
         new_rows: dict[tuple[str, str], dict[str, Any]] = {}
         for prepared in batch:
             for acc in prepared.accepted:
-                inv = acc.invoice
-                key = (inv.identity, acc.content_hash)
+                key = (acc.identity, acc.content_hash)
                 if key in known or key in new_rows:
                     continue
                 if acc.row is None or acc.row["source"] != prepared.source:
+                    acc.load_invoice()
                     acc.plan(self.config, prepared.source)
                 new_rows[key] = {**acc.row, "received_at": at}  # type: ignore[dict-item]
         if new_rows:
@@ -270,8 +285,8 @@ class Intake:
         for prepared in batch:
             outcome = IntakeOutcome()
             for acc in prepared.accepted:
-                inv, chash = acc.invoice, acc.content_hash
-                identity = inv.identity
+                chash, status = acc.content_hash, acc.status
+                identity = acc.identity
                 key = (identity, chash)
                 version = fresh.get(key)
                 if version is not None and version.pop("new", False):
@@ -279,18 +294,19 @@ class Intake:
                         outcome.amendments += 1
                     known_identities.add(identity)
                     known[key] = version
-                    kept[key] = inv
+                    if acc.invoice is not None:
+                        kept[key] = acc.invoice
                     event_type = "invoice.received"
                 else:
                     version = known[key]
-                    if version["status"] != inv.status.value:
+                    if version["status"] != status:
                         event_type = "invoice.status_changed"
                         conn.execute(
                             t.invoice_versions.update()
                             .where(t.invoice_versions.c.id == version["id"])
-                            .values(status=inv.status.value)
+                            .values(status=status)
                         )
-                        version["status"] = inv.status.value
+                        version["status"] = status
                     else:
                         event_type = "invoice.received"
                         outcome.duplicates += 1
@@ -301,7 +317,7 @@ class Intake:
                     "identity": identity,
                     "content_hash": chash,
                     "version_id": version["id"],
-                    "status": inv.status.value,
+                    "status": status,
                     "document_sha256": acc.document.sha256 if acc.document else None,
                     "trace_id": prepared.trace_id,
                     "received_at": at,
@@ -310,7 +326,7 @@ class Intake:
                 if event_type == "invoice.received" and acc.targets is not None:
                     targets = acc.targets
                 else:
-                    targets = destinations_for(self.config, prepared.source, event_type, inv)
+                    targets = destinations_for(self.config, prepared.source, event_type, acc.load_invoice())
                 planned.append((event, targets))
                 outcome.accepted += 1
                 outcome.identities.append(identity)

@@ -48,6 +48,9 @@ class HubPlugins:
     rules: list[Rule]
     observers: list[Any]
     failures: list[PluginInfo]
+    #: Plugin objects given in code (``extra``), not only entry points: another process (the intake
+    #: helper, hub/preparer.py) could not build the same plugins.
+    in_code: bool = False
 
     def connector_type(self, type_name: str) -> type[Connector]:
         try:
@@ -137,6 +140,7 @@ def build_plugins(
             failures.append(info)
             continue
         candidates.append((ep.name, plugin, info))
+    extra = list(extra)
     for name, plugin in extra:
         candidates.append((name, plugin, PluginInfo(name, None, None)))
 
@@ -184,7 +188,7 @@ def build_plugins(
         infos[name] = info
     pm.check_pending()
     parsers.sort(key=lambda p: -p.priority)
-    return HubPlugins(pm, infos, connector_types, parsers, rules, observers, failures)
+    return HubPlugins(pm, infos, connector_types, parsers, rules, observers, failures, in_code=bool(extra))
 
 
 def _hookimpls(pm: pluggy.PluginManager, plugin: object) -> list[Any]:

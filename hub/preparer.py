@@ -1,0 +1,205 @@
+"""Intake's parse, validate and hash in a helper process, beside the thread that writes the ledger.
+
+Parsing, validating and hashing an invoice (``Intake.prepare``) is pure Python: in one process it holds
+the interpreter lock that the ledger writes, the workers and the sinks wait for, and on a machine with
+two or more cores it leaves one idle. ``hub run`` therefore hands its sources' big batches (``worker.
+batch_size`` items, at least ``MIN_BATCH``) to one helper process, which prepares batch k+1 while the
+source's thread writes batch k. Only the result travels back: per item the content hash, the version
+row (with the invoice's JSON) and the routes' destinations, not the invoice object (unpickling it
+cost more than validating its JSON again).
+
+The helper is forked when ``hub run`` starts, before its threads (so it inherits the parsers and rules
+and is ready at once); in a process that already runs threads it is spawned instead (a fresh
+interpreter, about a second to start). Only ``hub run`` with its workers in the same process has one:
+with ``--workers N`` the cores are the worker processes'.
+
+What the helper does not take, the source's thread prepares itself, exactly as without a helper:
+items with several documents or with invoices as data, documents that are not one plain invoice
+(containers, failures: their dead letters need the error objects), every batch while the helper is
+still starting, and everything once the helper has died. A hub built with in-memory plugins (tests,
+``HubHarness``) has no helper: the helper builds its plugins from the entry points and the config file.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hub.config import LoadedConfig, load_config
+from hub.connectors import Incoming
+from hub.errors import HubError
+from hub.intake import Accepted, Intake, Prepared
+from hub.models import Document
+from hub.plugins import build_plugins
+from hub.router import route_named
+
+log = structlog.get_logger()
+
+#: Batches smaller than this are prepared in the source's thread (a helper costs a process start).
+MIN_BATCH = 100
+
+#: One document as it travels to the helper: content, media type, file name, source, origin.
+_Doc = tuple[bytes, str, str | None, str, str | None]
+#: What comes back for it: None (prepare it yourself), or content hash, version row, warnings, and
+#: the destinations as (route name, destination).
+_Result = tuple[str, dict[str, Any], list[Any], list[tuple[str, str]]] | None
+
+_INTAKE: Intake | None = None
+_BATCHES = 0
+
+
+def _start(config_path: str, log_level: str) -> None:
+    """The helper's initializer: the same config, plugins, parsers and rules as the hub."""
+    global _INTAKE
+    from hub.engine import tune_gc
+    from hub.logging import configure_logging
+
+    configure_logging(log_level, "auto")
+    config = load_config(Path(config_path)).config
+    plugins = build_plugins(blocked=config.plugins.disabled, allowed=config.plugins.allow)
+    _INTAKE = Intake(config, None, plugins.parsers, plugins.rules)  # type: ignore[arg-type]
+    tune_gc()
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _prepare(source: str, docs: list[_Doc]) -> list[_Result]:
+    global _BATCHES
+    assert _INTAKE is not None, "the helper was not started"
+    out: list[_Result] = []
+    for content, media_type, filename, doc_source, origin in docs:
+        doc = Document(
+            content=content, media_type=media_type, filename=filename, source=doc_source, origin=origin
+        )
+        prepared = _INTAKE.prepare(Incoming(documents=[doc], key=""), source)
+        if prepared.failures or len(prepared.accepted) != 1 or len(prepared.documents) != 1:
+            out.append(None)
+            continue
+        acc = prepared.accepted[0]
+        targets = [(route.name or "", dest) for route, dest in acc.targets or []]
+        out.append((acc.content_hash, acc.row or {}, acc.warnings, targets))
+    _BATCHES += 1
+    if _BATCHES % 20 == 0:
+        gc.collect()  # the collector is slowed down (tune_gc), as in `hub run`
+    return out
+
+
+def _plain(item: Incoming) -> bool:
+    return len(item.documents) == 1 and not item.invoices and item.documents[0].parent_sha256 is None
+
+
+class Preparer:
+    """The helper process of one ``hub run`` (started by ``Hub.run`` before its threads)."""
+
+    def __init__(self, loaded: LoadedConfig, intake: Intake) -> None:
+        self.loaded = loaded
+        self.intake = intake
+        self._pool: ProcessPoolExecutor | None = None
+        self._ready: Future[int] | None = None
+        self.broken = False
+        self._announced = False
+
+    def wanted(self, batch_size: int) -> bool:
+        return (
+            self.loaded.config.worker.intake_helper and batch_size >= MIN_BATCH and (os.cpu_count() or 1) >= 2
+        )
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None or self.broken
+
+    def start(self) -> None:
+        if self._pool is not None or self.broken:
+            return
+        global _INTAKE
+        if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+            # Forked before the hub's threads start (no lock can be held by a thread the child lacks):
+            # ready at once, with this intake's parsers and rules. The child never uses the ledger.
+            _INTAKE = self.intake
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        else:
+            # Threads are running (an application embedding the hub): a fresh interpreter, which
+            # builds the same plugins from the entry points and the config file (about a second).
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start,
+                initargs=(str(self.loaded.path), self.loaded.config.logging.level),
+            )
+        self._ready = self._pool.submit(_ready)
+        self._announced = False
+
+    def submit(self, source: str, batch: list[Incoming]) -> Future[list[_Result]] | None:
+        """Hand ``batch`` to the helper; None when it is not ready (the caller prepares it itself)."""
+        if self._pool is None or self._ready is None or not self._ready.done() or self.broken:
+            return None
+        if self._ready.exception() is not None:
+            self._give_up(self._ready.exception())
+            return None
+        if not self._announced:
+            self._announced = True
+            log.info("intake_helper_ready", pid=self._ready.result())
+        docs: list[_Doc] = []
+        for item in batch:
+            if _plain(item):
+                d = item.documents[0]
+                docs.append((d.content, d.media_type, d.filename, d.source, d.origin))
+        try:
+            return self._pool.submit(_prepare, source, docs)
+        except RuntimeError as exc:  # a broken pool refuses new work
+            self._give_up(exc)
+            return None
+
+    def collect(
+        self, source: str, batch: list[Incoming], future: Future[list[_Result]] | None
+    ) -> list[Prepared]:
+        """The batch's ``Prepared``, from the helper's results where it has them."""
+        results: list[_Result] = []
+        if future is not None:
+            try:
+                results = future.result()
+            except Exception as exc:  # the helper died (BrokenProcessPool) or a result did not travel
+                self._give_up(exc)
+                results = []
+        it = iter(results)
+        out: list[Prepared] = []
+        for item in batch:
+            result = next(it, None) if future is not None and results and _plain(item) else None
+            out.append(self._assemble(item, source, result) if result else self.intake.prepare(item, source))
+        return out
+
+    def _assemble(self, item: Incoming, source: str, result: Any) -> Prepared:
+        content_hash, row, warnings, targets = result
+        doc = item.documents[0]
+        prepared = Prepared(item, source)
+        prepared.documents.append(doc)
+        config = self.intake.config
+        routes = []
+        for route_name, dest in targets:
+            route = route_named(config, route_name)
+            if route is None:
+                raise HubError(f"the intake helper named a route {route_name!r} this hub does not have")
+            routes.append((route, dest))
+        prepared.accepted.append(
+            Accepted(None, content_hash, doc, warnings, row=row, targets=routes)  # type: ignore[arg-type]
+        )
+        return prepared
+
+    def _give_up(self, exc: BaseException | None) -> None:
+        if not self.broken:
+            log.warning("intake_helper_stopped", error=f"{type(exc).__name__}: {exc}")
+        self.broken = True
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
