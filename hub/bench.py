@@ -153,6 +153,10 @@ def measure_e2e(count: int, sink: str, processes: int = 0) -> dict[str, Any]:
         "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
         if processes
         else None,
+        #: the intake helper process (hub/preparer.py), waited for when the run closed it
+        "helper_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+        if not processes
+        else None,
         "delivered": summary["delivered"],
         "seconds": round(elapsed, 2),
         "per_second": round(summary["delivered"] / elapsed),

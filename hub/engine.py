@@ -507,6 +507,7 @@ class Hub:
             and self._preparer is not None
             and self._preparer.wanted(self.config.worker.batch_size)
         ):
+            self._preparer.close_in_child = self._lock_fds()
             self._preparer.start()  # in the background: batches are prepared here until it is ready
         for th in threads:
             th.daemon = True
@@ -538,6 +539,12 @@ class Hub:
         if progress:
             progress(summary)
         return summary
+
+    def _lock_fds(self) -> list[int]:
+        """The descriptors of this hub's lock files (the data directory's, the ledger's writer lock)."""
+        fds = [self._lock_file.fileno()] if self._lock_file is not None else []
+        writer_fd = getattr(self.ledger._write_lock, "fd", None)
+        return fds + ([writer_fd] if writer_fd is not None else [])
 
     def _until_ready(self, step: Callable[[], Any]) -> None:
         """Run a start-up step, waiting (with backoff) while the bus or the ledger is unreachable."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from hub.factory import invoice_data, invoice_json
 from tests.conftest import run_hub, write_hub_yaml
 
 COUNT = 4000
+COUNT_KILLED = 30_000
 
 
 def make_inbox(inbox: Path) -> None:
@@ -94,3 +98,57 @@ def test_the_intake_helper_writes_the_same_ledger_as_intake_in_one_process(tmp_p
     facts = ledger_facts(tmp_path / "helper")
     assert facts == ledger_facts(tmp_path / "alone")
     assert {e[0] for e in facts["events"]} == {"invoice.received", "invoice.status_changed"}
+
+
+def test_the_helper_dies_with_a_killed_hub_and_holds_none_of_its_locks(tmp_path: Path) -> None:
+    """`kill -9` of `hub run`: its helper goes too (it would otherwise keep copies of the data
+    directory's and the ledger's lock files open), and the next `hub run` starts at once."""
+    cfg = write_hub_yaml(
+        tmp_path / "hub.yaml",
+        {
+            "ledger": f"sqlite:///{tmp_path}/ledger.db",
+            "data_dir": str(tmp_path / ".hub"),
+            "logging": {"level": "info", "format": "json"},
+            "worker": {"batch_size": 100},
+            "connectors": {
+                "gen": {"type": "generator", "settings": {"count": COUNT_KILLED}},
+                "erp": {"type": "recording", "settings": {"path": str(tmp_path / "erp.db")}},
+            },
+            "routes": [{"from": "gen", "to": "erp"}],
+        },
+    )
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "-c", str(cfg), "run", "--quiet"], cwd=tmp_path, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 60
+        helper_pid = None
+        while helper_pid is None:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no intake_helper_ready in the log"
+            for line in log_path.read_text().splitlines():
+                if '"intake_helper_ready"' in line:
+                    helper_pid = json.loads(line)["pid"]
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while (
+            Path(f"/proc/{helper_pid}").exists()
+            and Path(f"/proc/{helper_pid}/status").read_text().find("State:\tZ") < 0
+        ):
+            assert time.monotonic() < deadline, f"the helper {helper_pid} outlived its hub"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The next run takes the data directory and the ledger (it would wait for ever on a writer lock
+    # a surviving helper kept) and finishes the rest: every invoice reached the sink (a call cut off by the
+    # kill, after the sink and before the ledger, is made again with the same idempotency key).
+    result = run_hub("-c", str(cfg), "run", "--until-idle", "--json", cwd=tmp_path, timeout=300)
+    summary = json.loads(result.stdout)
+    assert summary["open"] == 0, summary
+    with sqlite3.connect(tmp_path / "erp.db") as db:
+        assert db.execute("SELECT count(*) FROM received").fetchone()[0] == COUNT_KILLED

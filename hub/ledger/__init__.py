@@ -102,6 +102,11 @@ class _WriteLock:
             self._depth -= 1
             self._lock.release()
 
+    @property
+    def fd(self) -> int | None:
+        """The lock file's descriptor (None without one), for a forked child to close."""
+        return self._fd
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
