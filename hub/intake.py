@@ -368,14 +368,22 @@ class Intake:
             return {}
         live: dict[tuple[str, str], int] = {}
         keys = list({r["idem_key"] for r in rows})
+        live_states = (t.PENDING, t.INFLIGHT, t.RETRYING, t.DELIVERED)
         for chunk_start in range(0, len(keys), 500):
+            # By key alone (ix_deliveries_idem), states sorted out here: with the states in the query
+            # SQLite walked the state index instead, every delivered delivery per batch (171 ms a
+            # batch at 500,000 deliveries; 1 ms by key).
             for live_row in conn.execute(
-                sa.select(t.deliveries.c.id, t.deliveries.c.destination, t.deliveries.c.idem_key).where(
-                    t.deliveries.c.idem_key.in_(keys[chunk_start : chunk_start + 500]),
-                    t.deliveries.c.state.in_((t.PENDING, t.INFLIGHT, t.RETRYING, t.DELIVERED)),
-                )
+                sa.select(
+                    t.deliveries.c.id,
+                    t.deliveries.c.destination,
+                    t.deliveries.c.idem_key,
+                    t.deliveries.c.state,
+                ).where(t.deliveries.c.idem_key.in_(keys[chunk_start : chunk_start + 500]))
             ):
-                live.setdefault((live_row.destination, live_row.idem_key), live_row.id)
+                if live_row.state in live_states:
+                    k = (live_row.destination, live_row.idem_key)
+                    live[k] = min(live.get(k, live_row.id), live_row.id)  # the first delivery of the key
         skipped: list[tuple[dict[str, Any], int | None]] = []
         fresh: list[dict[str, Any]] = []
         seen_in_batch: set[tuple[str, str]] = set()

@@ -199,6 +199,7 @@ class Worker:
                     sa.select(
                         d.c.id,
                         d.c.state,
+                        d.c.destination,
                         d.c.idem_key,
                         d.c.identity,
                         d.c.content_hash,
@@ -215,14 +216,19 @@ class Worker:
                         e.c.version_id,
                     )
                     .join(e, e.c.id == d.c.event_id)
-                    .where(d.c.id.in_(ids), d.c.destination == destination)
-                    .where(d.c.state.in_((t.PENDING, t.RETRYING))),
+                    .where(d.c.id.in_(ids)),
                     of=d,
                 )
             )
             # Plain dicts made from tuples: ``dict(RowMapping)`` cost several µs a row, under the lock.
+            # By id alone, destination and state checked here: with them in the query SQLite walked
+            # the destination's index, every delivery ever made to it, per claim.
             keys = list(result.keys())
-            rows = [dict(zip(keys, r, strict=True)) for r in result]
+            rows = [
+                row
+                for row in (dict(zip(keys, r, strict=True)) for r in result)
+                if row["destination"] == destination and row["state"] in (t.PENDING, t.RETRYING)
+            ]
             if not rows:
                 return [], 0
             identities = list({r["identity"] for r in rows})
@@ -329,7 +335,9 @@ class Worker:
                 with conn.begin_nested():
                     got = conn.execute(
                         d.update()
-                        .where(d.c.id.in_(plain), d.c.state.in_((t.PENDING, t.RETRYING)))
+                        # ``state || ''``: the ids decide which rows (their primary key); on a plain
+                        # column SQLite chose the state index, every pending delivery of the backlog.
+                        .where(d.c.id.in_(plain), d.c.state.concat("").in_((t.PENDING, t.RETRYING)))
                         .values(
                             state=t.INFLIGHT,
                             attempts=d.c.attempts + 1,
@@ -627,12 +635,13 @@ class Worker:
             # Only our own claims: a retried record after an unclear commit, or a claim whose lease ran
             # out and was taken over, changes nothing. (Row locks on PostgreSQL; SQLite's writer holds
             # the database from BEGIN IMMEDIATE on.)
-            query = sa.select(d.c.id, d.c.attempts).where(
-                d.c.id.in_([oc.delivery_id for oc in outcomes]), d.c.state == t.INFLIGHT
+            # By id alone, the state checked here (with it, SQLite read the state index instead).
+            query = sa.select(d.c.id, d.c.attempts, d.c.state).where(
+                d.c.id.in_([oc.delivery_id for oc in outcomes])
             )
             if self.ledger.dialect == "postgresql":
                 query = query.with_for_update()
-            current = dict(conn.execute(query).all())
+            current = {i: a for i, a, state in conn.execute(query).all() if state == t.INFLIGHT}
             owned = [oc for oc in outcomes if current.get(oc.delivery_id) == oc.attempt]
             owned_ids = {oc.delivery_id for oc in owned}
             for oc in outcomes:

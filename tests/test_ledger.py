@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,8 @@ def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
         assert ledger.migrate() == []
         with ledger.engine.connect() as conn:
             names = set(sa.inspect(conn).get_table_names())
+            indexes = {i["name"] for i in sa.inspect(conn).get_indexes("deliveries")}
+        assert {"ix_deliveries_idem", "ux_deliveries_claim", "ix_deliveries_state"} <= indexes
         assert {
             "documents",
             "invoice_versions",
@@ -241,3 +244,49 @@ def test_flow_on_both_ledgers(tmp_path: Path, ledger_url: str) -> None:
         }
         sink = hub.connectors["sink"]
         assert len(list(sink.inventory())) == 45  # type: ignore[attr-defined]
+
+
+def test_hot_statements_find_deliveries_by_key_never_by_walking_a_state(tmp_path: Path) -> None:
+    """Intake's write and a worker's claim and record read deliveries by id or by key. SQLite, without
+    statistics, had chosen the state or destination index for three of them: every delivered delivery
+    read per batch (171 ms a batch at 500,000 deliveries instead of 1 ms), so a hub slowed down as its
+    ledger grew. Every statement on deliveries those paths run is checked with EXPLAIN QUERY PLAN."""
+    db = tmp_path / "ledger.db"
+    hub = Hub(load_config(hub_config(tmp_path, f"sqlite:///{db}")))
+    seen: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+        if (
+            "deliveries" in statement
+            and not many
+            and statement.lstrip().upper().startswith(("SELECT", "UPDATE"))
+        ):
+            seen.append((statement, parameters))
+
+    try:
+        sa.event.listen(hub.ledger.engine, "before_cursor_execute", grab)
+        hub.ingest(docs(range(30)), "manual")
+        hub.ingest(docs(range(20, 40)), "manual")  # duplicates: the live-key check finds them
+        with sqlite3.connect(db) as side:  # not through the hub's engine: not one of its statements
+            ids = [i for (i,) in side.execute("SELECT id FROM deliveries WHERE state = 'pending'")]
+        hub.worker.handle("sink", ids)  # claim, deliver, record
+        sa.event.remove(hub.ledger.engine, "before_cursor_execute", grab)
+        with hub.ledger.engine.connect() as conn:
+            assert (
+                conn.execute(sa.select(sa.func.count()).where(t.deliveries.c.state == "delivered")).scalar()
+                == 40
+            )
+    finally:
+        hub.close()
+    assert len(seen) >= 4, seen
+    raw = sqlite3.connect(db)
+    try:
+        for statement, parameters in seen:
+            plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            bad = [
+                p for p in plan if "ix_deliveries_state" in p or p.startswith(("SCAN deliveries", "SCAN d "))
+            ]
+            bad += [p for p in plan if p.endswith("ix_deliveries_dest_identity (destination=?)")]
+            assert not bad, f"{statement}\n{plan}"
+    finally:
+        raw.close()

@@ -308,8 +308,16 @@ def _v2_document_children(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_documents_parent ON documents (parent_sha256)"))
 
 
+def _v3_deliveries_by_key(conn: Connection) -> None:
+    # Intake asks which of a batch's keys are already live at a destination (pending, in flight,
+    # retrying, delivered). Without an index on the key SQLite answered from the state index: every
+    # delivered delivery read, per batch, so intake slowed down as the ledger grew.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_deliveries_idem ON deliveries (idem_key, destination)"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], Any]]] = [
     (1, "initial ledger", _v1_initial),
     (2, "index documents by parent", _v2_document_children),
+    (3, "index deliveries by idempotency key", _v3_deliveries_by_key),
 ]
 LATEST = MIGRATIONS[-1][0]
