@@ -11,26 +11,50 @@ Each measurement runs in a child process of its own, so peak memory (max RSS) is
 * ``archive-floor``: ``archive.fs``'s folders, files, links and syncs through raw ``os`` (the disk's);
 * ``baseline``: a bare prototype of the same steps — pydantic validate → orjson → SHA-256 → SQLite
   WAL in batches of 100 → kombu ``memory://`` hop — with nothing else.
+
+``hub bench`` removes the files of its measurements only after the last one: on ext4 without a
+journal (this VM's root file system), a new inode is found by scanning the free ones, and each inode
+freed in the last minutes is skipped only after its inode-table block is looked up (the kernel's
+``recently_deleted``), so creating files right after tens of thousands were deleted cost 900-1,000 µs
+a file instead of 130-170 (``perf``: ``find_inode_bit`` → ``recently_deleted`` → ``find_get_block``).
+An archive measured right after the previous measurement's clean-up measured that clean-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from hub.factory import invoice_json
+
+#: Set by ``run_bench`` for its children: keep each measurement's files, ``run_bench`` removes them all
+#: at the end (see the module's docstring).
+KEEP_FILES = "HUB_BENCH_KEEP_FILES"
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[str]:
+    """A scratch folder for one measurement: removed afterwards, unless the parent bench keeps it."""
+    if os.environ.get(KEEP_FILES):
+        yield tempfile.mkdtemp(prefix="measure-")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
 
 
 def _peak_mb() -> float:
@@ -68,7 +92,7 @@ def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
         hashes = [content_hash(inv) for inv in invoices]
         t3 = time.perf_counter()
         best = [min(b, x) for b, x in zip(best, (t1 - t0, t2 - t1, t3 - t2), strict=True)]
-    with tempfile.TemporaryDirectory() as tmp:
+    with _workdir() as tmp:
         config = HubConfig.model_validate(
             {
                 "connectors": {"bench": {"type": "files"}, "sink": {"type": "recording"}},
@@ -112,7 +136,7 @@ def measure_e2e(count: int, sink: str, processes: int = 0) -> dict[str, Any]:
     from hub.supervisor import Supervisor
 
     configure_logging("error", "json")
-    with tempfile.TemporaryDirectory() as tmp:
+    with _workdir() as tmp:
         # The recording sink keeps what it received in a file, as a real system would: without a path it
         # holds every delivery in an in-memory database, which would count against the hub's memory.
         settings = {"path": f"{tmp}/archive"} if sink == "archive.fs" else {"path": f"{tmp}/received.db"}
@@ -179,7 +203,7 @@ def measure_ledger_floor(count: int, batch: int = 500) -> dict[str, Any]:
     versions = [Invoice.model_validate_json(p).model_dump_json() for p in payloads]
     stamp = "2026-11-23 10:00:00.000000"
     took = {"intake": 0.0, "claim": 0.0, "record": 0.0}
-    with tempfile.TemporaryDirectory() as tmp:
+    with _workdir() as tmp:
         Ledger(f"sqlite:///{tmp}/ledger.db").close()  # the schema, as migrations make it
         db = sqlite3.connect(f"{tmp}/ledger.db", isolation_level=None)
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=10000"):
@@ -308,7 +332,7 @@ def measure_archive_floor(count: int, batch: int = 500) -> dict[str, Any]:
     payloads = [invoice_json(i) for i in range(count)]
     records = [Invoice.model_validate_json(p).model_dump_json().encode() for p in payloads]
     took = {"files": 0.0, "sync": 0.0}
-    with tempfile.TemporaryDirectory() as tmp:
+    with _workdir() as tmp:
         root = Path(tmp) / "archive"
         month = root / "invoices" / "2026-11"
         month.mkdir(parents=True)
@@ -374,7 +398,7 @@ def measure_baseline(count: int) -> dict[str, Any]:
     from hub.models import Invoice
 
     payloads = [invoice_json(i) for i in range(count)]
-    with tempfile.TemporaryDirectory() as tmp:
+    with _workdir() as tmp:
         db = sqlite3.connect(f"{tmp}/bare.db", isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -437,12 +461,16 @@ def measure_baseline(count: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------------
-def _child(kind: str, count: int, sink: str = "recording", processes: int = 0) -> dict[str, Any]:
+def _child(
+    kind: str, count: int, sink: str = "recording", processes: int = 0, *, scratch: str | None = None
+) -> dict[str, Any]:
+    env = None if scratch is None else {**os.environ, "TMPDIR": scratch, KEEP_FILES: "1"}
     out = subprocess.run(
         [sys.executable, "-m", "hub.bench", kind, str(count), sink, str(processes)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if out.returncode != 0:
         raise RuntimeError(f"bench {kind} failed:\n{out.stderr[-2000:]}")
@@ -450,25 +478,37 @@ def _child(kind: str, count: int, sink: str = "recording", processes: int = 0) -
 
 
 def run_bench(count: int, progress: Any = print) -> dict[str, Any]:
+    scratch = tempfile.mkdtemp(prefix="hub-bench-")
+    try:
+        return _run_bench(count, progress, scratch)
+    finally:
+        progress("removing the measurements' files...")
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_bench(count: int, progress: Any, scratch: str) -> dict[str, Any]:
+    def child(kind: str, n: int, sink: str = "recording", processes: int = 0) -> dict[str, Any]:
+        return _child(kind, n, sink, processes, scratch=scratch)
+
     results: dict[str, Any] = {}
     progress(f"per-invoice steps on {count} invoices...")
-    results["steps"] = _child("steps", count)
+    results["steps"] = child("steps", count)
     progress(f"bare baseline on {count} invoices...")
-    results["baseline"] = _child("baseline", count)
+    results["baseline"] = child("baseline", count)
     progress(f"the ledger's rows alone (raw sqlite3, the hub's schema) on {count} invoices...")
-    results["ledger_floor"] = _child("floor", count)
+    results["ledger_floor"] = child("floor", count)
     progress(f"archive.fs's file work alone (os calls, no hub) on {count} invoices...")
-    results["archive_floor"] = _child("archive-floor", count)
+    results["archive_floor"] = child("archive-floor", count)
     progress(f"hub end to end, recording sink, {count} invoices...")
-    results["e2e_recording"] = _child("e2e", count, "recording")
+    results["e2e_recording"] = child("e2e", count, "recording")
     progress(f"hub end to end, recording sink, {count * 2} invoices (memory growth)...")
-    results["e2e_recording_double"] = _child("e2e", count * 2, "recording")
+    results["e2e_recording_double"] = child("e2e", count * 2, "recording")
     progress(f"hub end to end, archive.fs sink, {count} invoices...")
-    results["e2e_archive"] = _child("e2e", count, "archive.fs")
+    results["e2e_archive"] = child("e2e", count, "archive.fs")
     progress(f"hub end to end, recording sink, {count} invoices, one worker process (filesystem:// bus)...")
-    results["e2e_recording_process"] = _child("e2e", count, "recording", 1)
+    results["e2e_recording_process"] = child("e2e", count, "recording", 1)
     progress(f"hub end to end, archive.fs sink, {count} invoices, one worker process...")
-    results["e2e_archive_process"] = _child("e2e", count, "archive.fs", 1)
+    results["e2e_archive_process"] = child("e2e", count, "archive.fs", 1)
     results["ratio_to_baseline"] = round(
         results["e2e_recording"]["per_second"] / results["baseline"]["per_second"], 2
     )

@@ -14,7 +14,14 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_bench_reports_every_measurement(tmp_path: Path) -> None:
-    out = orjson.loads(run_hub("bench", "--count", "120", "--json", cwd=tmp_path).stdout)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = orjson.loads(
+        run_hub("bench", "--count", "120", "--json", cwd=tmp_path, env={"TMPDIR": str(scratch)}).stdout
+    )
+    # The measurements' files are kept until the last one (so no measurement pays for the clean-up of
+    # the one before), then removed.
+    assert list(scratch.iterdir()) == []
     steps, floor = out["steps"], out["ledger_floor"]
     assert steps["count"] == 120 and steps["validate_canonical_hash_us"] > 0
     assert floor["count"] == 120
