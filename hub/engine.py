@@ -28,7 +28,7 @@ from hub.bus import Bus, BusMessage
 from hub.config import LoadedConfig, validate_connectors
 from hub.connectors import Connector, ConnectorContext, Incoming, IntakeOutcome, Inventory, Sink, Source
 from hub.errors import HubError, LedgerError
-from hub.intake import Intake, Prepared
+from hub.intake import Intake, Prepared, record_batch
 from hub.ledger import Ledger, now
 from hub.ledger import schema as t
 from hub.plugins import HubPlugins, build_plugins
@@ -49,7 +49,9 @@ WAL_CHECKPOINT_INTERVAL = 0.2
 
 
 #: A batch handed to the intake helper: its items and the helper's answer to come.
-_InFlight = tuple[list[Incoming], "Future[Any]"]
+#: A batch handed to the intake helper: the items, the helper's future, and whether the helper records
+#: it (True) or only prepares it (False).
+_InFlight = tuple[list[Incoming], "Future[Any]", bool]
 
 
 @dataclass
@@ -201,14 +203,17 @@ class Hub:
         return self.record(prepared)
 
     def record(self, prepared: Sequence[Prepared]) -> list[IntakeOutcome]:
-        with self.ledger.begin() as conn:
-            written = self.intake.write(conn, prepared)
-            checkpoints = [p.incoming.checkpoint for p in prepared if p.incoming.checkpoint is not None]
-            if checkpoints:
-                self.ledger.set_checkpoint(conn, prepared[0].source, checkpoints[-1])
+        written = record_batch(self.ledger, self.intake, prepared)
         self.intake.keep_parsed(written)
-        self._publish(written.publish)
-        for outcome in written.outcomes:
+        self._recorded([p.source for p in prepared], written.outcomes, written.publish)
+        return written.outcomes
+
+    def _recorded(
+        self, sources: list[str], outcomes: list[IntakeOutcome], publish: dict[str, list[int]]
+    ) -> None:
+        """After a batch's commit: publish its deliveries, count it, tell the observers."""
+        self._publish(publish)
+        for outcome in outcomes:
             self.stats.received += outcome.accepted
             self.stats.duplicates += outcome.duplicates
             self.stats.amendments += outcome.amendments
@@ -218,11 +223,10 @@ class Hub:
             if fn is None:
                 continue
             try:
-                for p, outcome in zip(prepared, written.outcomes, strict=True):
-                    fn(source=p.source, outcome=outcome)
+                for source, outcome in zip(sources, outcomes, strict=True):
+                    fn(source=source, outcome=outcome)
             except Exception as exc:
                 log.warning("observer_failed", observer=type(observer).__name__, error=str(exc))
-        return written.outcomes
 
     # -----------------------------------------------------------------------------------------------
     # Relay (the outbox)
@@ -388,20 +392,36 @@ class Hub:
         inflight: _InFlight | None,
         preparer: Preparer | None,
     ) -> _InFlight | None:
-        """Hand ``batch`` to the helper, then write the batch before it; without the helper (or while
-        it starts) write what is in flight, then prepare and write ``batch`` here."""
-        future = preparer.submit(name, batch) if preparer is not None else None
+        """Hand ``batch`` to the helper (to record, or only to prepare), then finish the batch before
+        it; without the helper (or while it starts) finish what is in flight, then prepare and write
+        ``batch`` here."""
+        future: Future[Any] | None = None
+        records = False
+        if preparer is not None:
+            future = preparer.submit_record(name, batch)
+            records = future is not None
+            if future is None:
+                future = preparer.submit(name, batch)
         if inflight is not None:
             self._finish_step(name, source, inflight, preparer)
         if future is None:
             self._intake_batch(name, source, batch)
             return None
-        return (batch, future)
+        return (batch, future, records)
 
     def _finish_step(self, name: str, source: Source, inflight: _InFlight, preparer: Preparer | None) -> None:
-        batch, future = inflight
+        batch, future, records = inflight
         assert preparer is not None
-        self._record_batch(name, source, batch, preparer.collect(name, batch, future))
+        if not records:
+            self._record_batch(name, source, batch, preparer.collect(name, batch, future))
+            return
+        done = preparer.recorded(future)
+        if done is None:  # the helper died: this thread prepares and records the batch
+            self._intake_batch(name, source, batch)
+            return
+        outcomes, publish = done
+        self._recorded([name] * len(batch), outcomes, publish)
+        self._commit_items(name, source, batch, outcomes)
 
     def _intake_batch(self, name: str, source: Source, batch: list[Incoming]) -> int:
         return self._record_batch(name, source, batch, [self.intake.prepare(item, name) for item in batch])
@@ -409,13 +429,19 @@ class Hub:
     def _record_batch(
         self, name: str, source: Source, batch: list[Incoming], prepared: list[Prepared]
     ) -> int:
-        outcomes = self.record(prepared)
+        self._commit_items(name, source, batch, self.record(prepared))
+        return len(batch)
+
+    @staticmethod
+    def _commit_items(
+        name: str, source: Source, batch: list[Incoming], outcomes: list[IntakeOutcome]
+    ) -> None:
+        """Tell the source each item's outcome, now that it is in the ledger."""
         for item, outcome in zip(batch, outcomes, strict=True):
             try:
                 source.commit(item, outcome)
             except HubError as exc:
                 log.warning("source_commit_failed", connector=name, key=item.key, error=str(exc))
-        return len(batch)
 
     def _worker_loop(self, destinations: list[str]) -> None:
         def handle(msg: BusMessage) -> None:

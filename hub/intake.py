@@ -461,3 +461,14 @@ class Intake:
                 },
             ).scalar_one()
         )
+
+
+def record_batch(ledger: Ledger, intake: Intake, prepared: Sequence[Prepared]) -> Written:
+    """Record prepared items in one transaction, with the last checkpoint among them (``hub run``'s
+    source thread, or its intake helper process)."""
+    with ledger.begin() as conn:
+        written = intake.write(conn, prepared)
+        checkpoints = [p.incoming.checkpoint for p in prepared if p.incoming.checkpoint is not None]
+        if checkpoints:
+            ledger.set_checkpoint(conn, prepared[0].source, checkpoints[-1])
+    return written

@@ -8,6 +8,16 @@ source's thread writes batch k. Only the result travels back: per item the conte
 row (with the invoice's JSON) and the routes' destinations, not the invoice object (unpickling it
 cost more than validating its JSON again).
 
+When every item of a batch is one plain document (the common case: a folder, a mailbox's single
+attachments, a generator), the helper also *records* the batch: it writes the ledger itself, in a
+transaction of its own under the same writer lock as the hub's threads (an ``flock`` on
+``<ledger>.writer-lock``, taken by processes in turn), and sends back only the outcomes and the delivery
+ids to publish. The hub's process then only publishes, counts and commits the items to their source,
+so intake's transaction is no longer Python that the hub's workers wait for. Should the helper die
+mid-batch, the source's thread prepares and records that batch itself: what the helper had committed
+comes back as duplicates (the same content hashes), nothing is lost or recorded twice, and deliveries
+the helper had committed but the hub never published go out with the relay's stale-message republish.
+
 The helper is forked when ``hub run`` starts, before its threads (so it inherits the parsers and rules
 and is ready at once); in a process that already runs threads it is spawned instead (a fresh
 interpreter, about a second to start). Only ``hub run`` with its workers in the same process has one:
@@ -37,9 +47,10 @@ from typing import Any
 import structlog
 
 from hub.config import LoadedConfig, load_config
-from hub.connectors import Incoming
-from hub.errors import HubError
-from hub.intake import Accepted, Intake, Prepared
+from hub.connectors import Incoming, IntakeOutcome
+from hub.errors import HubError, LedgerError
+from hub.intake import Accepted, Intake, Prepared, record_batch
+from hub.ledger import Ledger
 from hub.models import Document
 from hub.plugins import build_plugins
 from hub.router import route_named
@@ -55,13 +66,22 @@ _Doc = tuple[bytes, str, str | None, str, str | None]
 #: the destinations as (route name, destination).
 _Result = tuple[str, dict[str, Any], list[Any], list[tuple[str, str]]] | None
 
+#: One item a helper records: its documents, its key, its checkpoint.
+_Item = tuple[list[_Doc], str, str | None]
+#: What comes back from recording a batch: ("ok", (outcomes, delivery ids to publish by destination))
+#: or ("error", (error class, message)) — errors travel as text, an exception may not unpickle.
+_Recorded = tuple[str, Any]
+
 _INTAKE: Intake | None = None
+_LEDGER_URL: str | None = None
+_LEDGER: Ledger | None = None
 _BATCHES = 0
 
 
-def _start(config_path: str, log_level: str) -> None:
+def _start(config_path: str, log_level: str, ledger_url: str) -> None:
     """The helper's initializer: the same config, plugins, parsers and rules as the hub."""
-    global _INTAKE
+    global _INTAKE, _LEDGER_URL
+    _LEDGER_URL = ledger_url
     from hub.engine import tune_gc
     from hub.logging import configure_logging
 
@@ -92,7 +112,6 @@ def _ready() -> int:
 
 
 def _prepare(source: str, docs: list[_Doc]) -> list[_Result]:
-    global _BATCHES
     assert _INTAKE is not None, "the helper was not started"
     out: list[_Result] = []
     for content, media_type, filename, doc_source, origin in docs:
@@ -106,10 +125,45 @@ def _prepare(source: str, docs: list[_Doc]) -> list[_Result]:
         acc = prepared.accepted[0]
         targets = [(route.name or "", dest) for route, dest in acc.targets or []]
         out.append((acc.content_hash, acc.row or {}, acc.warnings, targets))
+    _collect_now_and_then()
+    return out
+
+
+def _document(doc: _Doc) -> Document:
+    content, media_type, filename, doc_source, origin = doc
+    return Document(
+        content=content, media_type=media_type, filename=filename, source=doc_source, origin=origin
+    )
+
+
+def _record(source: str, items: list[_Item]) -> _Recorded:
+    """Prepare and record a whole batch in the helper (see the module's docstring)."""
+    global _LEDGER
+    assert _INTAKE is not None and _LEDGER_URL is not None, "the helper was not started"
+    try:
+        if _LEDGER is None:
+            # A ledger of the helper's own (a forked helper's copy of the hub's one shares its
+            # connections and has its writer lock closed): its own connections, its own writer lock.
+            _LEDGER = Ledger(_LEDGER_URL, migrate=False)
+            _INTAKE.ledger = _LEDGER
+        prepared = [
+            _INTAKE.prepare(
+                Incoming(documents=[_document(d) for d in docs], key=key, checkpoint=checkpoint), source
+            )
+            for docs, key, checkpoint in items
+        ]
+        written = record_batch(_LEDGER, _INTAKE, prepared)
+    except Exception as exc:  # goes back to the source's thread, which logs it and reads the batch again
+        return ("error", (type(exc).__name__, str(exc)))
+    _collect_now_and_then()
+    return ("ok", (written.outcomes, written.publish))
+
+
+def _collect_now_and_then() -> None:
+    global _BATCHES
     _BATCHES += 1
     if _BATCHES % 20 == 0:
         gc.collect()  # the collector is slowed down (tune_gc), as in `hub run`
-    return out
 
 
 def _plain(item: Incoming) -> bool:
@@ -141,11 +195,12 @@ class Preparer:
     def start(self) -> None:
         if self._pool is not None or self.broken:
             return
-        global _INTAKE
+        global _INTAKE, _LEDGER_URL
         if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
             # Forked before the hub's threads start (no lock can be held by a thread the child lacks):
             # ready at once, with this intake's parsers and rules. The child never uses the ledger.
             _INTAKE = self.intake
+            _LEDGER_URL = self.intake.ledger.url
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("fork"),
@@ -159,28 +214,65 @@ class Preparer:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start,
-                initargs=(str(self.loaded.path), self.loaded.config.logging.level),
+                initargs=(str(self.loaded.path), self.loaded.config.logging.level, self.intake.ledger.url),
             )
         self._ready = self._pool.submit(_ready)
         self._announced = False
 
-    def submit(self, source: str, batch: list[Incoming]) -> Future[list[_Result]] | None:
-        """Hand ``batch`` to the helper; None when it is not ready (the caller prepares it itself)."""
+    def _usable(self) -> bool:
         if self._pool is None or self._ready is None or not self._ready.done() or self.broken:
-            return None
+            return False
         if self._ready.exception() is not None:
             self._give_up(self._ready.exception())
-            return None
+            return False
         if not self._announced:
             self._announced = True
             log.info("intake_helper_ready", pid=self._ready.result())
+        return True
+
+    def submit_record(self, source: str, batch: list[Incoming]) -> Future[_Recorded] | None:
+        """Hand ``batch`` to the helper to prepare *and record*; None when it is not ready or when an
+        item is not one plain document (then ``submit``, or the caller does it all)."""
+        if not batch or not all(_plain(item) for item in batch) or not self._usable():
+            return None
+        items: list[_Item] = []
+        for item in batch:
+            d = item.documents[0]
+            doc: _Doc = (d.content, d.media_type, d.filename, d.source, d.origin)
+            items.append(([doc], item.key, item.checkpoint))
+        try:
+            return self._pool.submit(_record, source, items)  # type: ignore[union-attr]
+        except RuntimeError as exc:  # a broken pool refuses new work
+            self._give_up(exc)
+            return None
+
+    def recorded(self, future: Future[_Recorded]) -> tuple[list[IntakeOutcome], dict[str, list[int]]] | None:
+        """What the helper recorded for a batch: its outcomes and the delivery ids to publish; None
+        when the helper died (the caller records the batch itself); an error it met is raised here."""
+        try:
+            status, value = future.result()
+        except Exception as exc:  # the helper died (BrokenProcessPool) or the result did not travel
+            self._give_up(exc)
+            return None
+        if status == "ok":
+            outcomes, publish = value
+            return outcomes, publish
+        error_class, message = value
+        if error_class == "LedgerError":
+            raise LedgerError(message)
+        raise HubError(f"intake helper: {error_class}: {message}")
+
+    def submit(self, source: str, batch: list[Incoming]) -> Future[list[_Result]] | None:
+        """Hand ``batch`` to the helper; None when it is not ready (the caller prepares it itself)."""
+        if not self._usable():
+            return None
         docs: list[_Doc] = []
         for item in batch:
             if _plain(item):
                 d = item.documents[0]
                 docs.append((d.content, d.media_type, d.filename, d.source, d.origin))
         try:
-            return self._pool.submit(_prepare, source, docs)
+            return self._pool.submit(_prepare, source, docs)  # type: ignore[union-attr]
         except RuntimeError as exc:  # a broken pool refuses new work
             self._give_up(exc)
             return None
