@@ -49,9 +49,9 @@ WAL_CHECKPOINT_INTERVAL = 0.2
 
 
 #: A batch handed to the intake helper: its items and the helper's answer to come.
-#: A batch handed to the intake helper: the items, the helper's future, and whether the helper records
-#: it (True) or only prepares it (False).
-_InFlight = tuple[list[Incoming], "Future[Any]", bool]
+#: A batch handed to the intake helper: the items, the helper's future, and the batch's sequence number
+#: when the helper records it (None: the helper only prepares it, this process records it).
+_InFlight = tuple[list[Incoming], "Future[Any]", int | None]
 
 
 @dataclass
@@ -396,23 +396,31 @@ class Hub:
         it; without the helper (or while it starts) finish what is in flight, then prepare and write
         ``batch`` here."""
         future: Future[Any] | None = None
-        records = False
+        seq: int | None = None
         if preparer is not None:
-            future = preparer.submit_record(name, batch)
-            records = future is not None
-            if future is None:
+            submitted = None
+            if preparer.recordable(batch):
+                if inflight is not None and inflight[2] is None:
+                    # A batch only prepared is in flight: record it first. The helper, which records in
+                    # order, cannot know whether this thread's write of it succeeds.
+                    self._finish_step(name, source, inflight, preparer)
+                    inflight = None
+                submitted = preparer.submit_record(name, batch, after=inflight[2] if inflight else None)
+            if submitted is not None:
+                future, seq = submitted
+            else:
                 future = preparer.submit(name, batch)
         if inflight is not None:
             self._finish_step(name, source, inflight, preparer)
         if future is None:
             self._intake_batch(name, source, batch)
             return None
-        return (batch, future, records)
+        return (batch, future, seq)
 
     def _finish_step(self, name: str, source: Source, inflight: _InFlight, preparer: Preparer | None) -> None:
-        batch, future, records = inflight
+        batch, future, seq = inflight
         assert preparer is not None
-        if not records:
+        if seq is None:
             self._record_batch(name, source, batch, preparer.collect(name, batch, future))
             return
         done = preparer.recorded(future)

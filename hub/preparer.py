@@ -76,6 +76,8 @@ _INTAKE: Intake | None = None
 _LEDGER_URL: str | None = None
 _LEDGER: Ledger | None = None
 _BATCHES = 0
+#: In the helper: whether each recent batch (by sequence number) was recorded.
+_RECORDED: dict[int, bool] = {}
 
 
 def _start(config_path: str, log_level: str, ledger_url: str) -> None:
@@ -136,10 +138,17 @@ def _document(doc: _Doc) -> Document:
     )
 
 
-def _record(source: str, items: list[_Item]) -> _Recorded:
-    """Prepare and record a whole batch in the helper (see the module's docstring)."""
+def _record(source: str, seq: int, after: int | None, items: list[_Item]) -> _Recorded:
+    """Prepare and record a whole batch in the helper (see the module's docstring). ``after`` is the
+    batch of the same pass handed in before this one: unless it was recorded, this one is not either
+    (its checkpoint would move the source past the items of the one that failed)."""
     global _LEDGER
     assert _INTAKE is not None and _LEDGER_URL is not None, "the helper was not started"
+    for old in [k for k in _RECORDED if k < seq - 64]:
+        del _RECORDED[old]
+    _RECORDED[seq] = False
+    if after is not None and not _RECORDED.get(after, False):
+        return ("error", ("HubError", f"not recorded: the batch before it ({after}) was not"))
     try:
         if _LEDGER is None:
             # A ledger of the helper's own (a forked helper's copy of the hub's one shares its
@@ -155,6 +164,7 @@ def _record(source: str, items: list[_Item]) -> _Recorded:
         written = record_batch(_LEDGER, _INTAKE, prepared)
     except Exception as exc:  # goes back to the source's thread, which logs it and reads the batch again
         return ("error", (type(exc).__name__, str(exc)))
+    _RECORDED[seq] = True
     _collect_now_and_then()
     return ("ok", (written.outcomes, written.publish))
 
@@ -182,6 +192,8 @@ class Preparer:
         self._announced = False
         #: Descriptors of the hub's lock files, closed in a forked helper (see ``_forked``).
         self.close_in_child: list[int] = []
+        #: Sequence number of the last batch handed to the helper to record.
+        self._seq = 0
 
     def wanted(self, batch_size: int) -> bool:
         return (
@@ -230,18 +242,30 @@ class Preparer:
             log.info("intake_helper_ready", pid=self._ready.result())
         return True
 
-    def submit_record(self, source: str, batch: list[Incoming]) -> Future[_Recorded] | None:
-        """Hand ``batch`` to the helper to prepare *and record*; None when it is not ready or when an
-        item is not one plain document (then ``submit``, or the caller does it all)."""
-        if not batch or not all(_plain(item) for item in batch) or not self._usable():
+    @staticmethod
+    def recordable(batch: list[Incoming]) -> bool:
+        """Whether the helper can record ``batch`` itself: every item one plain document."""
+        return bool(batch) and all(_plain(item) for item in batch)
+
+    def submit_record(
+        self, source: str, batch: list[Incoming], after: int | None
+    ) -> tuple[Future[_Recorded], int] | None:
+        """Hand ``batch`` to the helper to prepare *and record*, with its sequence number; None when it
+        is not ready or ``batch`` is not ``recordable`` (then ``submit``, or the caller does it all).
+        ``after``: the sequence number of the batch of this pass still in flight, which the helper
+        must have recorded before it records this one."""
+        if not self.recordable(batch) or not self._usable():
             return None
         items: list[_Item] = []
         for item in batch:
             d = item.documents[0]
             doc: _Doc = (d.content, d.media_type, d.filename, d.source, d.origin)
             items.append(([doc], item.key, item.checkpoint))
+        self._seq += 1
+        pool = self._pool
+        assert pool is not None  # _usable
         try:
-            return self._pool.submit(_record, source, items)  # type: ignore[union-attr]
+            return pool.submit(_record, source, self._seq, after, items), self._seq
         except RuntimeError as exc:  # a broken pool refuses new work
             self._give_up(exc)
             return None

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 
 from hub.factory import invoice_data, invoice_json
+from hub.ledger import Ledger
+from hub.models import Invoice
 from tests.conftest import run_hub, write_hub_yaml
 
 COUNT = 4000
@@ -217,5 +219,67 @@ def test_a_killed_helper_mid_batch_loses_nothing_and_records_nothing_twice(tmp_p
     # One delivered delivery per invoice; a batch recorded again only adds skipped duplicates.
     assert states.pop("delivered") == count, states
     assert set(states) <= {"skipped"}, states
+    with sqlite3.connect(tmp_path / "erp.db") as db:
+        assert db.execute("SELECT count(*), max(count) FROM received").fetchone() == (count, 1)
+
+
+def test_a_batch_the_helper_fails_to_record_is_read_again_and_none_after_it_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """The helper records batch k+1 while the hub collects batch k. When k fails (here: a trigger in the
+    ledger refuses one invoice of it), k+1 must not be recorded either — its checkpoint would move the
+    source past k's items — and the next pass reads them all again."""
+    count, failing = 6000, 3050
+    ledger_path = tmp_path / "ledger.db"
+    Ledger(f"sqlite:///{ledger_path}").close()  # the schema, so the test can add its trigger
+    identity = Invoice.model_validate(invoice_data(failing)).identity
+    with sqlite3.connect(ledger_path) as db:
+        db.execute(
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON invoice_versions"
+            f" WHEN NEW.identity = '{identity}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+    cfg = write_hub_yaml(
+        tmp_path / "hub.yaml",
+        {
+            "ledger": f"sqlite:///{ledger_path}",
+            "data_dir": str(tmp_path / ".hub"),
+            "logging": {"level": "info", "format": "json"},
+            "worker": {"batch_size": 100},
+            "connectors": {
+                "gen": {"type": "generator", "settings": {"count": count}},
+                "erp": {"type": "recording", "settings": {"path": str(tmp_path / "erp.db")}},
+            },
+            "routes": [{"from": "gen", "to": "erp"}],
+        },
+    )
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "-c", str(cfg), "run", "--until-idle", "--json"],
+            cwd=tmp_path,
+            stderr=log,
+            stdout=subprocess.PIPE,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "refused by the test" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the refused batch never failed"
+            time.sleep(0.05)
+        with sqlite3.connect(ledger_path, timeout=30) as db:
+            db.execute("DROP TRIGGER refuse_one")
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+    text = log_path.read_text()
+    assert "intake_helper_ready" in text
+    summary = json.loads(out)
+    assert summary["open"] == 0, summary
+    with sqlite3.connect(ledger_path) as db:
+        assert db.execute("SELECT count(*) FROM invoice_versions").fetchone()[0] == count
+        refused = db.execute("SELECT count(*) FROM invoice_versions WHERE identity = ?", (identity,))
+        assert refused.fetchone() == (1,)
     with sqlite3.connect(tmp_path / "erp.db") as db:
         assert db.execute("SELECT count(*), max(count) FROM received").fetchone() == (count, 1)
