@@ -253,7 +253,7 @@ class Intake:
                     t.invoice_versions.c.identity,
                     t.invoice_versions.c.content_hash,
                     t.invoice_versions.c.status,
-                ).where(t.invoice_versions.c.identity.in_(list(identities)))
+                ).where(self.ledger.among(t.invoice_versions.c.identity, list(identities)))
             ).mappings():
                 known[(row["identity"], row["content_hash"])] = dict(row)
 
@@ -379,7 +379,7 @@ class Intake:
                     t.deliveries.c.destination,
                     t.deliveries.c.idem_key,
                     t.deliveries.c.state,
-                ).where(t.deliveries.c.idem_key.in_(keys[chunk_start : chunk_start + 500]))
+                ).where(self.ledger.among(t.deliveries.c.idem_key, keys[chunk_start : chunk_start + 500]))
             ):
                 if live_row.state in live_states:
                     k = (live_row.destination, live_row.idem_key)

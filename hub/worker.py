@@ -216,7 +216,7 @@ class Worker:
                         e.c.version_id,
                     )
                     .join(e, e.c.id == d.c.event_id)
-                    .where(d.c.id.in_(ids)),
+                    .where(self.ledger.among(d.c.id, ids)),
                     of=d,
                 )
             )
@@ -240,7 +240,7 @@ class Worker:
             for r in conn.execute(
                 sa.select(d.c.id, d.c.identity, d.c.content_hash, d.c.idem_key, d.c.state).where(
                     d.c.destination == destination,
-                    d.c.identity.in_(identities),
+                    self.ledger.among(d.c.identity, identities),
                     d.c.state.in_((*t.OPEN_STATES, t.DELIVERED)),
                 )
             ):
@@ -337,7 +337,10 @@ class Worker:
                         d.update()
                         # ``state || ''``: the ids decide which rows (their primary key); on a plain
                         # column SQLite chose the state index, every pending delivery of the backlog.
-                        .where(d.c.id.in_(plain), d.c.state.concat("").in_((t.PENDING, t.RETRYING)))
+                        .where(
+                            self.ledger.among(d.c.id, plain),
+                            d.c.state.concat("").in_((t.PENDING, t.RETRYING)),
+                        )
                         .values(
                             state=t.INFLIGHT,
                             attempts=d.c.attempts + 1,
@@ -426,7 +429,7 @@ class Worker:
         if missing:
             v = t.invoice_versions
             for version_id, invoice_json in conn.execute(
-                sa.select(v.c.id, v.c.invoice_json).where(v.c.id.in_(list(missing)))
+                sa.select(v.c.id, v.c.invoice_json).where(self.ledger.among(v.c.id, list(missing)))
             ):
                 for row in missing[version_id]:
                     row["invoice_json"] = invoice_json
@@ -637,7 +640,7 @@ class Worker:
             # the database from BEGIN IMMEDIATE on.)
             # By id alone, the state checked here (with it, SQLite read the state index instead).
             query = sa.select(d.c.id, d.c.attempts, d.c.state).where(
-                d.c.id.in_([oc.delivery_id for oc in outcomes])
+                self.ledger.among(d.c.id, [oc.delivery_id for oc in outcomes])
             )
             if self.ledger.dialect == "postgresql":
                 query = query.with_for_update()

@@ -459,6 +459,17 @@ class Ledger:
                     .values(published_at=None)
                 )
 
+    def among(self, column: Any, values: Sequence[Any]) -> Any:
+        """``column IN values`` for a long list (a batch's ids, keys, identities). On SQLite the list
+        travels as one JSON parameter read by ``json_each``: the SQL stays the same whatever the length,
+        so SQLAlchemy compiles it once, where an ``IN`` of 500 parameters was rendered and bound anew
+        on every execution (~1 ms, more than SQLite's own work for the query). Elsewhere a plain
+        ``IN``."""
+        if self.dialect == "sqlite":
+            listed = sa.func.json_each(sa.literal(orjson.dumps(list(values)).decode(), sa.Text))
+            return column.in_(sa.select(listed.table_valued("value").c.value))
+        return column.in_(list(values))
+
     def locking(self, select: Any, of: Any = None) -> Any:
         """``select`` with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: concurrent relays and workers
         (threads or ``hub run`` processes) each take rows no other transaction holds; ``of`` limits the
