@@ -87,6 +87,49 @@ def ledger_facts(tmp: Path) -> dict[str, Any]:
         }
 
 
+def generator_config(tmp_path: Path, count: int) -> Path:
+    """A hub.yaml: the generator's ``count`` invoices to a recording sink, JSON logs at info."""
+    return write_hub_yaml(
+        tmp_path / "hub.yaml",
+        {
+            "ledger": f"sqlite:///{tmp_path}/ledger.db",
+            "data_dir": str(tmp_path / ".hub"),
+            "logging": {"level": "info", "format": "json"},
+            "worker": {"batch_size": 100},
+            "connectors": {
+                "gen": {"type": "generator", "settings": {"count": count}},
+                "erp": {"type": "recording", "settings": {"path": str(tmp_path / "erp.db")}},
+            },
+            "routes": [{"from": "gen", "to": "erp"}],
+        },
+    )
+
+
+def start_run(tmp_path: Path, cfg: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """`hub run ARGS` in the background, its log in run.log, its stdout piped."""
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "-c", str(cfg), "run", *args],
+            cwd=tmp_path,
+            stderr=log,
+            stdout=subprocess.PIPE,
+        )
+    return proc, log_path
+
+
+def wait_for_helper(proc: subprocess.Popen[bytes], log_path: Path) -> int:
+    """The intake helper's pid, once the run's log says it is ready."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no intake_helper_ready in the log"
+        for line in log_path.read_text().splitlines():
+            if '"intake_helper_ready"' in line:
+                return int(json.loads(line)["pid"])
+        time.sleep(0.05)
+
+
 def test_the_intake_helper_writes_the_same_ledger_as_intake_in_one_process(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     make_inbox(inbox)
@@ -107,35 +150,10 @@ def test_the_intake_helper_writes_the_same_ledger_as_intake_in_one_process(tmp_p
 def test_the_helper_dies_with_a_killed_hub_and_holds_none_of_its_locks(tmp_path: Path) -> None:
     """`kill -9` of `hub run`: its helper goes too (it would otherwise keep copies of the data
     directory's and the ledger's lock files open), and the next `hub run` starts at once."""
-    cfg = write_hub_yaml(
-        tmp_path / "hub.yaml",
-        {
-            "ledger": f"sqlite:///{tmp_path}/ledger.db",
-            "data_dir": str(tmp_path / ".hub"),
-            "logging": {"level": "info", "format": "json"},
-            "worker": {"batch_size": 100},
-            "connectors": {
-                "gen": {"type": "generator", "settings": {"count": COUNT_KILLED}},
-                "erp": {"type": "recording", "settings": {"path": str(tmp_path / "erp.db")}},
-            },
-            "routes": [{"from": "gen", "to": "erp"}],
-        },
-    )
-    log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "-c", str(cfg), "run", "--quiet"], cwd=tmp_path, stderr=log
-        )
+    cfg = generator_config(tmp_path, COUNT_KILLED)
+    proc, log_path = start_run(tmp_path, cfg, "--quiet")
     try:
-        deadline = time.monotonic() + 60
-        helper_pid = None
-        while helper_pid is None:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no intake_helper_ready in the log"
-            for line in log_path.read_text().splitlines():
-                if '"intake_helper_ready"' in line:
-                    helper_pid = json.loads(line)["pid"]
-            time.sleep(0.1)
+        helper_pid = wait_for_helper(proc, log_path)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 10
@@ -163,42 +181,15 @@ def test_a_killed_helper_mid_batch_loses_nothing_and_records_nothing_twice(tmp_p
     while it works: the hub's source thread takes over, records the batch the helper was on (what the
     helper had committed of it comes back as duplicates), and every invoice reaches the sink once."""
     count = 20_000
-    cfg = write_hub_yaml(
-        tmp_path / "hub.yaml",
-        {
-            "ledger": f"sqlite:///{tmp_path}/ledger.db",
-            "data_dir": str(tmp_path / ".hub"),
-            "logging": {"level": "info", "format": "json"},
-            "worker": {"batch_size": 100},
-            "connectors": {
-                "gen": {"type": "generator", "settings": {"count": count}},
-                "erp": {"type": "recording", "settings": {"path": str(tmp_path / "erp.db")}},
-            },
-            "routes": [{"from": "gen", "to": "erp"}],
-        },
-    )
-    log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "-c", str(cfg), "run", "--until-idle", "--json"],
-            cwd=tmp_path,
-            stderr=log,
-            stdout=subprocess.PIPE,
-        )
+    cfg = generator_config(tmp_path, count)
+    proc, log_path = start_run(tmp_path, cfg, "--until-idle", "--json")
     try:
-        deadline = time.monotonic() + 60
-        helper_pid = None
-        while helper_pid is None:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no intake_helper_ready in the log"
-            for line in log_path.read_text().splitlines():
-                if '"intake_helper_ready"' in line:
-                    helper_pid = json.loads(line)["pid"]
-            time.sleep(0.05)
+        helper_pid = wait_for_helper(proc, log_path)
         # Let it record some batches, then kill it in the middle of one.
+        deadline = time.monotonic() + 60
         with sqlite3.connect(tmp_path / "ledger.db", timeout=30) as db:
             while db.execute("SELECT count(*) FROM invoice_versions").fetchone()[0] < 2000:
-                assert time.monotonic() < deadline + 60, "intake made no progress"
+                assert time.monotonic() < deadline, "intake made no progress"
                 time.sleep(0.02)
         os.kill(helper_pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=300)
@@ -238,28 +229,8 @@ def test_a_batch_the_helper_fails_to_record_is_read_again_and_none_after_it_is_s
             "CREATE TRIGGER refuse_one BEFORE INSERT ON invoice_versions"
             f" WHEN NEW.identity = '{identity}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
         )
-    cfg = write_hub_yaml(
-        tmp_path / "hub.yaml",
-        {
-            "ledger": f"sqlite:///{ledger_path}",
-            "data_dir": str(tmp_path / ".hub"),
-            "logging": {"level": "info", "format": "json"},
-            "worker": {"batch_size": 100},
-            "connectors": {
-                "gen": {"type": "generator", "settings": {"count": count}},
-                "erp": {"type": "recording", "settings": {"path": str(tmp_path / "erp.db")}},
-            },
-            "routes": [{"from": "gen", "to": "erp"}],
-        },
-    )
-    log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "-c", str(cfg), "run", "--until-idle", "--json"],
-            cwd=tmp_path,
-            stderr=log,
-            stdout=subprocess.PIPE,
-        )
+    cfg = generator_config(tmp_path, count)
+    proc, log_path = start_run(tmp_path, cfg, "--until-idle", "--json")
     try:
         deadline = time.monotonic() + 120
         while "refused by the test" not in log_path.read_text():
