@@ -83,6 +83,7 @@ _RECORDED: dict[int, bool] = {}
 def _start(config_path: str, log_level: str, ledger_url: str) -> None:
     """The helper's initializer: the same config, plugins, parsers and rules as the hub."""
     global _INTAKE, _LEDGER_URL
+    _die_with_the_hub()
     _LEDGER_URL = ledger_url
     from hub.engine import tune_gc
     from hub.logging import configure_logging
@@ -94,16 +95,22 @@ def _start(config_path: str, log_level: str, ledger_url: str) -> None:
     tune_gc()
 
 
+def _die_with_the_hub() -> None:
+    """Linux: the helper is killed when the hub's thread that started it ends (``PR_SET_PDEATHSIG``),
+    ``kill -9`` of the hub included, rather than finish a batch for a hub that is gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)
+        if os.getppid() == 1:  # the hub died before the line above
+            os._exit(1)
+
+
 def _forked(close_fds: list[int]) -> None:
     """The forked helper's initializer: die with the hub, and let go of the hub's lock files. A forked
     child holds copies of the hub's descriptors, and an ``flock`` lives until every copy is closed: a
     helper outliving a ``kill -9`` of its hub would keep the data directory's and the ledger's write
     lock taken from the next ``hub run``."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when the hub's thread that forked it ends
-        if os.getppid() == 1:  # the hub died before the line above
-            os._exit(1)
+    _die_with_the_hub()
     for fd in close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)

@@ -254,3 +254,44 @@ def test_a_batch_the_helper_fails_to_record_is_read_again_and_none_after_it_is_s
         assert refused.fetchone() == (1,)
     with sqlite3.connect(tmp_path / "erp.db") as db:
         assert db.execute("SELECT count(*), max(count) FROM received").fetchone() == (count, 1)
+
+
+_EMBEDDED = """
+import json, sys, threading
+from pathlib import Path
+from hub.config import load_config
+from hub.engine import Hub
+from hub.logging import configure_logging
+
+# An application that embeds the hub and already runs a thread of its own: the helper cannot be
+# forked (a lock held by that thread would stay held in the child), so it is spawned.
+threading.Thread(target=threading.Event().wait, daemon=True, name="app").start()
+configure_logging("info", "json")
+hub = Hub(load_config(Path(sys.argv[1])))
+summary = hub.run(until_idle=True)
+hub.close()
+print(json.dumps(summary, default=str))
+"""
+
+
+def test_a_hub_embedded_beside_other_threads_spawns_its_helper_and_records_everything(
+    tmp_path: Path,
+) -> None:
+    count = 20_000
+    cfg = generator_config(tmp_path, count)
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED, str(cfg)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "intake_helper_ready" in result.stderr, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["open"] == 0 and summary["received"] == count, summary
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        assert db.execute("SELECT count(*) FROM invoice_versions").fetchone()[0] == count
+    with sqlite3.connect(tmp_path / "erp.db") as db:
+        assert db.execute("SELECT count(*), max(count) FROM received").fetchone() == (count, 1)
