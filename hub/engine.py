@@ -49,9 +49,9 @@ WAL_CHECKPOINT_INTERVAL = 0.2
 
 
 #: A batch handed to the intake helper: its items and the helper's answer to come.
-#: A batch handed to the intake helper: the items, the helper's future, and the batch's sequence number
-#: when the helper records it (None: the helper only prepares it, this process records it).
-_InFlight = tuple[list[Incoming], "Future[Any]", int | None]
+#: A batch handed to the intake helper to record: the items, the helper's future, the batch's sequence
+#: number.
+_InFlight = tuple[list[Incoming], "Future[Any]", int]
 
 
 @dataclass
@@ -392,37 +392,25 @@ class Hub:
         inflight: _InFlight | None,
         preparer: Preparer | None,
     ) -> _InFlight | None:
-        """Hand ``batch`` to the helper (to record, or only to prepare), then finish the batch before
-        it; without the helper (or while it starts) finish what is in flight, then prepare and write
-        ``batch`` here."""
-        future: Future[Any] | None = None
-        seq: int | None = None
+        """Hand ``batch`` to the helper to record, then finish the batch before it; without the helper
+        (while it starts, once it died, or for a batch it does not take) finish what is in flight,
+        then prepare and write ``batch`` here."""
+        submitted = None
         if preparer is not None:
-            submitted = None
-            if preparer.recordable(batch):
-                if inflight is not None and inflight[2] is None:
-                    # A batch only prepared is in flight: record it first. The helper, which records in
-                    # order, cannot know whether this thread's write of it succeeds.
-                    self._finish_step(name, source, inflight, preparer)
-                    inflight = None
-                submitted = preparer.submit_record(name, batch, after=inflight[2] if inflight else None)
-            if submitted is not None:
-                future, seq = submitted
-            else:
-                future = preparer.submit(name, batch)
-        if inflight is not None:
-            self._finish_step(name, source, inflight, preparer)
-        if future is None:
+            submitted = preparer.submit_record(name, batch, after=inflight[2] if inflight else None)
+        if submitted is None:
+            if inflight is not None:
+                self._finish_step(name, source, inflight, preparer)
             self._intake_batch(name, source, batch)
             return None
+        if inflight is not None:
+            self._finish_step(name, source, inflight, preparer)
+        future, seq = submitted
         return (batch, future, seq)
 
     def _finish_step(self, name: str, source: Source, inflight: _InFlight, preparer: Preparer | None) -> None:
-        batch, future, seq = inflight
+        batch, future, _seq = inflight
         assert preparer is not None
-        if seq is None:
-            self._record_batch(name, source, batch, preparer.collect(name, batch, future))
-            return
         done = preparer.recorded(future)
         if done is None:  # the helper died: this thread prepares and records the batch
             self._intake_batch(name, source, batch)

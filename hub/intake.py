@@ -51,8 +51,7 @@ class Failure:
 
 @dataclass
 class Accepted:
-    #: None when the intake helper process prepared it (``hub.preparer``): ``row`` holds its JSON.
-    invoice: Invoice | None
+    invoice: Invoice
     content_hash: str
     document: Document | None
     warnings: list[Problem]
@@ -63,7 +62,7 @@ class Accepted:
     targets: list[tuple[Route, str]] | None = None
 
     def plan(self, config: HubConfig, source: str) -> None:
-        inv = self.load_invoice()
+        inv = self.invoice
         self.row = {
             "identity": inv.identity,
             "content_hash": self.content_hash,
@@ -86,17 +85,11 @@ class Accepted:
 
     @property
     def identity(self) -> str:
-        return self.invoice.identity if self.invoice is not None else str(self.row["identity"])  # type: ignore[index]
+        return self.invoice.identity
 
     @property
     def status(self) -> str:
-        return self.invoice.status.value if self.invoice is not None else str(self.row["status"])  # type: ignore[index]
-
-    def load_invoice(self) -> Invoice:
-        """The invoice, validated again from the version row's JSON where only that came back."""
-        if self.invoice is None:
-            self.invoice = Invoice.model_validate_json(self.row["invoice_json"])  # type: ignore[index]
-        return self.invoice
+        return self.invoice.status.value
 
 
 @dataclass
@@ -266,7 +259,6 @@ class Intake:
                 if key in known or key in new_rows:
                     continue
                 if acc.row is None or acc.row["source"] != prepared.source:
-                    acc.load_invoice()
                     acc.plan(self.config, prepared.source)
                 new_rows[key] = {**acc.row, "received_at": at}  # type: ignore[dict-item]
         if new_rows:
@@ -294,8 +286,7 @@ class Intake:
                         outcome.amendments += 1
                     known_identities.add(identity)
                     known[key] = version
-                    if acc.invoice is not None:
-                        kept[key] = acc.invoice
+                    kept[key] = acc.invoice
                     event_type = "invoice.received"
                 else:
                     version = known[key]
@@ -326,7 +317,7 @@ class Intake:
                 if event_type == "invoice.received" and acc.targets is not None:
                     targets = acc.targets
                 else:
-                    targets = destinations_for(self.config, prepared.source, event_type, acc.load_invoice())
+                    targets = destinations_for(self.config, prepared.source, event_type, acc.invoice)
                 planned.append((event, targets))
                 outcome.accepted += 1
                 outcome.identities.append(identity)

@@ -1,33 +1,32 @@
-"""Intake's parse, validate and hash in a helper process, beside the thread that writes the ledger.
+"""Intake in a helper process: parse, validate, hash *and record* a source's batches there.
 
-Parsing, validating and hashing an invoice (``Intake.prepare``) is pure Python: in one process it holds
-the interpreter lock that the ledger writes, the workers and the sinks wait for, and on a machine with
-two or more cores it leaves one idle. ``hub run`` therefore hands its sources' big batches (``worker.
-batch_size`` items, at least ``MIN_BATCH``) to one helper process, which prepares batch k+1 while the
-source's thread writes batch k. Only the result travels back: per item the content hash, the version
-row (with the invoice's JSON) and the routes' destinations, not the invoice object (unpickling it
-cost more than validating its JSON again).
+Parsing, validating and hashing an invoice (``Intake.prepare``) and writing its rows (``Intake.write``)
+is pure Python: in one process it holds the interpreter lock that the workers and the sinks wait for,
+and on a machine with two or more cores it leaves one idle. ``hub run`` therefore hands its sources'
+big batches (``worker.batch_size`` items, at least ``MIN_BATCH``) of plain documents (every item one
+document: a file of a folder, a mail, a generated invoice) to one helper process, which records each
+batch itself: it writes the ledger in a transaction of its own, under the same writer lock as the
+hub's threads (an ``flock`` on ``<ledger>.writer-lock``, taken by processes in turn), and sends back
+only the outcomes and the delivery ids to publish. The source's thread hands batch k+1 over while it
+publishes batch k's deliveries and commits its items to the source; batches are recorded in the
+order polled, and one is recorded only if the one handed over before it was (else its checkpoint
+would move the source past items that were not recorded).
 
-When every item of a batch is one plain document (the common case: a folder, a mailbox's single
-attachments, a generator), the helper also *records* the batch: it writes the ledger itself, in a
-transaction of its own under the same writer lock as the hub's threads (an ``flock`` on
-``<ledger>.writer-lock``, taken by processes in turn), and sends back only the outcomes and the delivery
-ids to publish. The hub's process then only publishes, counts and commits the items to their source,
-so intake's transaction is no longer Python that the hub's workers wait for. Should the helper die
-mid-batch, the source's thread prepares and records that batch itself: what the helper had committed
-comes back as duplicates (the same content hashes), nothing is lost or recorded twice, and deliveries
-the helper had committed but the hub never published go out with the relay's stale-message republish.
+Should the helper die mid-batch, the source's thread prepares and records that batch itself, and
+everything after it: what the helper had committed comes back as duplicates (the same content
+hashes), nothing is lost or recorded twice, and deliveries the helper had committed but the hub never
+published go out with the relay's stale-message republish.
 
 The helper is forked when ``hub run`` starts, before its threads (so it inherits the parsers and rules
 and is ready at once); in a process that already runs threads it is spawned instead (a fresh
 interpreter, about a second to start). Only ``hub run`` with its workers in the same process has one:
 with ``--workers N`` the cores are the worker processes'.
 
-What the helper does not take, the source's thread prepares itself, exactly as without a helper:
-items with several documents or with invoices as data, documents that are not one plain invoice
-(containers, failures: their dead letters need the error objects), every batch while the helper is
-still starting, and everything once the helper has died. A hub built with in-memory plugins (tests,
-``HubHarness``) has no helper: the helper builds its plugins from the entry points and the config file.
+What the helper does not take, the source's thread prepares and records itself, exactly as without a
+helper: batches with an item of several documents or of invoices as data (an ERP's rows, a
+platform's), every batch while the helper is still starting, and everything once the helper has died.
+A hub built with in-memory plugins (tests, ``HubHarness``) has no helper: the helper builds its
+plugins from the entry points and the config file.
 """
 
 from __future__ import annotations
@@ -49,11 +48,10 @@ import structlog
 from hub.config import LoadedConfig, load_config
 from hub.connectors import Incoming, IntakeOutcome
 from hub.errors import HubError, LedgerError
-from hub.intake import Accepted, Intake, Prepared, record_batch
+from hub.intake import Intake, record_batch
 from hub.ledger import Ledger
 from hub.models import Document
 from hub.plugins import build_plugins
-from hub.router import route_named
 
 log = structlog.get_logger()
 
@@ -62,9 +60,6 @@ MIN_BATCH = 100
 
 #: One document as it travels to the helper: content, media type, file name, source, origin.
 _Doc = tuple[bytes, str, str | None, str, str | None]
-#: What comes back for it: None (prepare it yourself), or content hash, version row, warnings, and
-#: the destinations as (route name, destination).
-_Result = tuple[str, dict[str, Any], list[Any], list[tuple[str, str]]] | None
 
 #: One item a helper records: its documents, its key, its checkpoint.
 _Item = tuple[list[_Doc], str, str | None]
@@ -118,24 +113,6 @@ def _forked(close_fds: list[int]) -> None:
 
 def _ready() -> int:
     return os.getpid()
-
-
-def _prepare(source: str, docs: list[_Doc]) -> list[_Result]:
-    assert _INTAKE is not None, "the helper was not started"
-    out: list[_Result] = []
-    for content, media_type, filename, doc_source, origin in docs:
-        doc = Document(
-            content=content, media_type=media_type, filename=filename, source=doc_source, origin=origin
-        )
-        prepared = _INTAKE.prepare(Incoming(documents=[doc], key=""), source)
-        if prepared.failures or len(prepared.accepted) != 1 or len(prepared.documents) != 1:
-            out.append(None)
-            continue
-        acc = prepared.accepted[0]
-        targets = [(route.name or "", dest) for route, dest in acc.targets or []]
-        out.append((acc.content_hash, acc.row or {}, acc.warnings, targets))
-    _collect_now_and_then()
-    return out
 
 
 def _document(doc: _Doc) -> Document:
@@ -217,7 +194,7 @@ class Preparer:
         global _INTAKE, _LEDGER_URL
         if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
             # Forked before the hub's threads start (no lock can be held by a thread the child lacks):
-            # ready at once, with this intake's parsers and rules. The child never uses the ledger.
+            # ready at once, with this intake's parsers and rules. The child opens a ledger of its own.
             _INTAKE = self.intake
             _LEDGER_URL = self.intake.ledger.url
             self._pool = ProcessPoolExecutor(
@@ -258,7 +235,7 @@ class Preparer:
         self, source: str, batch: list[Incoming], after: int | None
     ) -> tuple[Future[_Recorded], int] | None:
         """Hand ``batch`` to the helper to prepare *and record*, with its sequence number; None when it
-        is not ready or ``batch`` is not ``recordable`` (then ``submit``, or the caller does it all).
+        is not ready or ``batch`` is not ``recordable`` (then the caller does it all).
         ``after``: the sequence number of the batch of this pass still in flight, which the helper
         must have recorded before it records this one."""
         if not self.recordable(batch) or not self._usable():
@@ -292,56 +269,6 @@ class Preparer:
         if error_class == "LedgerError":
             raise LedgerError(message)
         raise HubError(f"intake helper: {error_class}: {message}")
-
-    def submit(self, source: str, batch: list[Incoming]) -> Future[list[_Result]] | None:
-        """Hand ``batch`` to the helper; None when it is not ready (the caller prepares it itself)."""
-        if not self._usable():
-            return None
-        docs: list[_Doc] = []
-        for item in batch:
-            if _plain(item):
-                d = item.documents[0]
-                docs.append((d.content, d.media_type, d.filename, d.source, d.origin))
-        try:
-            return self._pool.submit(_prepare, source, docs)  # type: ignore[union-attr]
-        except RuntimeError as exc:  # a broken pool refuses new work
-            self._give_up(exc)
-            return None
-
-    def collect(
-        self, source: str, batch: list[Incoming], future: Future[list[_Result]] | None
-    ) -> list[Prepared]:
-        """The batch's ``Prepared``, from the helper's results where it has them."""
-        results: list[_Result] = []
-        if future is not None:
-            try:
-                results = future.result()
-            except Exception as exc:  # the helper died (BrokenProcessPool) or a result did not travel
-                self._give_up(exc)
-                results = []
-        it = iter(results)
-        out: list[Prepared] = []
-        for item in batch:
-            result = next(it, None) if future is not None and results and _plain(item) else None
-            out.append(self._assemble(item, source, result) if result else self.intake.prepare(item, source))
-        return out
-
-    def _assemble(self, item: Incoming, source: str, result: Any) -> Prepared:
-        content_hash, row, warnings, targets = result
-        doc = item.documents[0]
-        prepared = Prepared(item, source)
-        prepared.documents.append(doc)
-        config = self.intake.config
-        routes = []
-        for route_name, dest in targets:
-            route = route_named(config, route_name)
-            if route is None:
-                raise HubError(f"the intake helper named a route {route_name!r} this hub does not have")
-            routes.append((route, dest))
-        prepared.accepted.append(
-            Accepted(None, content_hash, doc, warnings, row=row, targets=routes)  # type: ignore[arg-type]
-        )
-        return prepared
 
     def _give_up(self, exc: BaseException | None) -> None:
         if not self.broken:
