@@ -398,13 +398,11 @@ class Hub:
         submitted = None
         if preparer is not None:
             submitted = preparer.submit_record(name, batch, after=inflight[2] if inflight else None)
-        if submitted is None:
-            if inflight is not None:
-                self._finish_step(name, source, inflight, preparer)
-            self._intake_batch(name, source, batch)
-            return None
         if inflight is not None:
             self._finish_step(name, source, inflight, preparer)
+        if submitted is None:
+            self._intake_batch(name, source, batch)
+            return None
         future, seq = submitted
         return (batch, future, seq)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import multiprocessing
 import os
 import signal
@@ -176,8 +177,9 @@ class Preparer:
         self._announced = False
         #: Descriptors of the hub's lock files, closed in a forked helper (see ``_forked``).
         self.close_in_child: list[int] = []
-        #: Sequence number of the last batch handed to the helper to record.
-        self._seq = 0
+        #: Sequence numbers of the batches handed to the helper (``next`` is atomic: every source's
+        #: thread hands batches over).
+        self._seqs = itertools.count(1)
 
     def wanted(self, batch_size: int) -> bool:
         return (
@@ -226,30 +228,25 @@ class Preparer:
             log.info("intake_helper_ready", pid=self._ready.result())
         return True
 
-    @staticmethod
-    def recordable(batch: list[Incoming]) -> bool:
-        """Whether the helper can record ``batch`` itself: every item one plain document."""
-        return bool(batch) and all(_plain(item) for item in batch)
-
     def submit_record(
         self, source: str, batch: list[Incoming], after: int | None
     ) -> tuple[Future[_Recorded], int] | None:
         """Hand ``batch`` to the helper to prepare *and record*, with its sequence number; None when it
-        is not ready or ``batch`` is not ``recordable`` (then the caller does it all).
+        is not ready or an item of ``batch`` is not one plain document (then the caller does it all).
         ``after``: the sequence number of the batch of this pass still in flight, which the helper
         must have recorded before it records this one."""
-        if not self.recordable(batch) or not self._usable():
+        if not batch or not all(_plain(item) for item in batch) or not self._usable():
             return None
         items: list[_Item] = []
         for item in batch:
             d = item.documents[0]
             doc: _Doc = (d.content, d.media_type, d.filename, d.source, d.origin)
             items.append(([doc], item.key, item.checkpoint))
-        self._seq += 1
+        seq = next(self._seqs)
         pool = self._pool
         assert pool is not None  # _usable
         try:
-            return pool.submit(_record, source, self._seq, after, items), self._seq
+            return pool.submit(_record, source, seq, after, items), seq
         except RuntimeError as exc:  # a broken pool refuses new work
             self._give_up(exc)
             return None
