@@ -322,7 +322,7 @@ def measure_ledger_floor(count: int, batch: int = 500) -> dict[str, Any]:
 
 def measure_archive_floor(count: int, batch: int = 500) -> dict[str, Any]:
     """The file-system work ``archive.fs`` does for one invoice, straight through ``os`` with no hub or
-    archive code around it: the original under ``objects/aa/bb/<sha256>`` (a shard folder made when
+    archive code around it: the original under ``objects/aa/<sha256>`` (a shard folder made when
     missing) and the metadata record under ``invoices/<month>/``, each a new temp file (``O_EXCL``) that
     is written, linked to its key and unlinked; three ``sync`` barriers per batch of ``batch``
     (``deliver_batch``: originals' bytes; their links and the records' bytes; the records' links). The
@@ -364,7 +364,7 @@ def measure_archive_floor(count: int, batch: int = 500) -> dict[str, Any]:
             for i in span:
                 sha = hashlib.sha256(payloads[i]).hexdigest()
                 record = month / f"CN~3A{i:020d}.{sha}.json"
-                original = root / "objects" / sha[:2] / sha[2:4] / sha
+                original = root / "objects" / sha[:2] / sha
                 if record.exists() or original.exists():
                     raise RuntimeError(f"{record} or {original} exists in a new archive")
                 staged.append((record, original, stage(original, payloads[i])))

@@ -250,7 +250,7 @@ def fs_backend(tmp_path: Path) -> FsBackend:
 
 
 def obj_key(sha: str) -> str:
-    return f"objects/{sha[:2]}/{sha[2:4]}/{sha}"
+    return f"objects/{sha[:2]}/{sha}"
 
 
 # ---------------------------------------------------------------------------------------------------

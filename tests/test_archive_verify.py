@@ -419,3 +419,40 @@ def test_archive_commands_come_with_either_archive_plugin(tmp_path: Path) -> Non
     result = hub("archive", "--help", cwd=tmp_path, env={"HUB_CONFIG": str(tmp_path / "hub.yaml")})
     assert result.returncode == 0, result.stderr
     assert "verify-export" in result.stdout
+
+
+def test_an_archive_written_with_two_shard_levels_is_verified_exported_and_purged(
+    fs_backend: FsBackend, tmp_path: Path
+) -> None:
+    """Archives written before 2026-12 keep originals under ``objects/ab/cd/<sha256>``; their records
+    name those keys, and verify, export and delete read them there."""
+    filled = fill(tmp_path, fs_backend)
+    for rkey in filled.records.values():
+        record = orjson.loads(fs_backend.raw_get(rkey))
+        for entry in record["documents"]:
+            sha = entry["sha256"]
+            legacy = f"objects/{sha[:2]}/{sha[2:4]}/{sha}"
+            if entry["object"] != legacy:
+                fs_backend.raw_put(legacy, fs_backend.raw_get(entry["object"]))
+                fs_backend.raw_delete(entry["object"])
+                entry["object"] = legacy
+        fs_backend.raw_put(rkey, orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+    assert not [k for k in fs_backend.stored_keys() if k.startswith("objects/") and k.count("/") == 2]
+
+    rc, report = filled.verify()
+    assert rc == 0, report
+    assert report["counts"]["originals"] == 5 and not report["orphaned"]
+
+    out = tmp_path / "2026-10.zip"
+    exported = filled.run("archive", "export", "--period", "2026-10", str(out))
+    assert exported.returncode == 0, exported.stderr
+    with zipfile.ZipFile(out) as zf:
+        manifest = orjson.loads(zf.read("manifest.json"))
+        sha = manifest["invoices"][0]["originals"][0]["sha256"]
+        path = manifest["invoices"][0]["originals"][0]["path"]
+        assert zf.read(path) == fs_backend.raw_get(f"objects/{sha[:2]}/{sha[2:4]}/{sha}")
+
+    sha = filled.originals[number(2)]
+    deleted = fs_backend.connector().delete(filled.records[number(2)])
+    assert f"objects/{sha[:2]}/{sha[2:4]}/{sha}" in deleted
+    assert f"objects/{sha[:2]}/{sha[2:4]}/{sha}" not in fs_backend.stored_keys()
