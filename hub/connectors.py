@@ -161,6 +161,10 @@ class DeliveryRequest:
     documents: list[Document] = field(default_factory=list)
     #: Set when this destination already holds another version of the same identity.
     amends: str | None = None
+    #: The invoice exactly as the ledger stores it (``Invoice.model_dump_json()``), when the worker read
+    #: it from there and it is ``invoice`` unchanged; else None. A sink that stores or sends the invoice
+    #: as JSON can use it instead of serialising ``invoice`` again (archive.fs embeds it in its records).
+    invoice_json: str | None = None
 
     @property
     def invoice(self) -> Invoice:

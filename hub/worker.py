@@ -446,16 +446,19 @@ class Worker:
     # -----------------------------------------------------------------------------------------------
     def _request(self, destination: str, row: dict[str, Any]) -> DeliveryRequest:
         invoice = row.pop("invoice", None)  # each request gets an invoice object of its own
+        stored_json = None
         if invoice is None:
             if row.get("invoice_json") is None:
                 with self.ledger.engine.connect() as conn:
                     self._attach_invoices(conn, [row])
                 invoice = row.pop("invoice", None)
             if invoice is None:
-                invoice = Invoice.model_validate_json(row["invoice_json"])
+                stored_json = row["invoice_json"]
+                invoice = Invoice.model_validate_json(stored_json)
         if row["type"] == "invoice.status_changed" and row.get("status"):
             # The stored version carries the status it was first seen with; the event carries the new one.
             invoice.status = InvoiceStatus(row["status"])
+            stored_json = None
         event = Event(
             id=row["event_id"],
             type=row["type"],
@@ -474,6 +477,7 @@ class Worker:
             attempt=row["attempt"],
             documents=row.get("documents", []),
             amends=row.get("amends"),
+            invoice_json=stored_json,
         )
 
     def _context(self, destination: str, row: dict[str, Any]) -> _LogContext:
