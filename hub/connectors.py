@@ -152,23 +152,104 @@ class Source(Connector):
 # ---------------------------------------------------------------------------------------------------
 # Sink
 # ---------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
+class InvoiceSummary:
+    """The few facts of an invoice most sinks need (who, which, when, how much), without the whole
+    invoice. When the worker makes a request from the ledger these come from the version's columns,
+    so a sink that needs no more (a recorder, a notifier) never pays for validating the stored invoice
+    again; ``status`` is the event's (a status change's new status)."""
+
+    identity: str
+    content_hash: str
+    kind: str
+    number: str
+    code: str | None
+    status: str
+    issue_date: date
+    gross: Decimal
+    currency: str
+    seller_tax_id: str | None
+    buyer_tax_id: str | None
+
+    @classmethod
+    def of(cls, invoice: Invoice, content_hash: str) -> InvoiceSummary:
+        return cls(
+            identity=invoice.identity,
+            content_hash=content_hash,
+            kind=invoice.kind.value,
+            number=invoice.number,
+            code=invoice.code,
+            status=invoice.status.value,
+            issue_date=invoice.issue_date,
+            gross=invoice.totals.gross,
+            currency=invoice.currency,
+            seller_tax_id=invoice.seller.tax_id,
+            buyer_tax_id=invoice.buyer.tax_id,
+        )
+
+
 class DeliveryRequest:
-    event: Event
-    destination: str
-    idempotency_key: str
-    attempt: int
-    documents: list[Document] = field(default_factory=list)
-    #: Set when this destination already holds another version of the same identity.
-    amends: str | None = None
-    #: The invoice exactly as the ledger stores it (``Invoice.model_dump_json()``), when the worker read
-    #: it from there and it is ``invoice`` unchanged; else None. A sink that stores or sends the invoice
-    #: as JSON can use it instead of serialising ``invoice`` again (archive.fs embeds it in its records).
-    invoice_json: str | None = None
+    """One delivery for a sink: the event (with the invoice), where it goes, the key the sink must
+    treat as "maybe done already", the attempt, the stored files (``Sink.wants_documents``), the
+    version this destination holds of the same identity (``amends``).
+
+    A request the worker makes from the ledger builds ``event`` (and validates its invoice from the
+    stored JSON, ~30 µs) on first use; ``summary``, ``invoice_json`` and the other fields cost nothing.
+    Vendors and tests pass ``event=`` as before."""
+
+    def __init__(
+        self,
+        event: Event | None = None,
+        destination: str = "",
+        idempotency_key: str = "",
+        attempt: int = 1,
+        documents: list[Document] | None = None,
+        #: Set when this destination already holds another version of the same identity.
+        amends: str | None = None,
+        #: The invoice exactly as the ledger stores it (``Invoice.model_dump_json()``), when the worker
+        #: read it from there and it is ``invoice`` unchanged; else None. A sink that stores or sends the
+        #: invoice as JSON can use it instead of serialising ``invoice`` again.
+        invoice_json: str | None = None,
+        *,
+        summary: InvoiceSummary | None = None,
+        load_event: Callable[[], Event] | None = None,
+    ) -> None:
+        if event is None and (load_event is None or summary is None):
+            raise TypeError("DeliveryRequest needs event=, or load_event= with summary=")
+        self._event = event
+        self._load_event = load_event
+        self._summary = summary
+        self.destination = destination
+        self.idempotency_key = idempotency_key
+        self.attempt = attempt
+        self.documents: list[Document] = documents if documents is not None else []
+        self.amends = amends
+        self.invoice_json = invoice_json
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            assert self._load_event is not None
+            self._event = self._load_event()
+            self._load_event = None
+        return self._event
 
     @property
     def invoice(self) -> Invoice:
         return self.event.invoice
+
+    @property
+    def summary(self) -> InvoiceSummary:
+        if self._summary is None:
+            event = self.event
+            self._summary = InvoiceSummary.of(event.invoice, event.content_hash)
+        return self._summary
+
+    def __repr__(self) -> str:
+        return (
+            f"DeliveryRequest(destination={self.destination!r}, identity={self.summary.identity!r}, "
+            f"idempotency_key={self.idempotency_key!r}, attempt={self.attempt})"
+        )
 
 
 @dataclass

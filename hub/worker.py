@@ -24,7 +24,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hub.config import HubConfig, RetryPolicy
-from hub.connectors import DeliveryRequest, Receipt, Sink
+from hub.connectors import DeliveryRequest, InvoiceSummary, Receipt, Sink
 from hub.errors import AmendmentRejected, HubError, LedgerError, PermanentError, RateLimited, TransientError
 from hub.intake import Intake, Prepared
 from hub.ledger import Ledger, document_from_row, dumps, now
@@ -428,11 +429,24 @@ class Worker:
                 row["invoice"] = invoice
         if missing:
             v = t.invoice_versions
-            for version_id, invoice_json in conn.execute(
-                sa.select(v.c.id, v.c.invoice_json).where(self.ledger.among(v.c.id, list(missing)))
-            ):
-                for row in missing[version_id]:
-                    row["invoice_json"] = invoice_json
+            for version in conn.execute(
+                sa.select(
+                    v.c.id,
+                    v.c.invoice_json,
+                    v.c.kind,
+                    v.c.number,
+                    v.c.code,
+                    v.c.status,
+                    v.c.issue_date,
+                    v.c.gross,
+                    v.c.currency,
+                    v.c.seller_tax_id,
+                    v.c.buyer_tax_id,
+                ).where(self.ledger.among(v.c.id, list(missing)))
+            ).mappings():
+                for row in missing[version["id"]]:
+                    row["invoice_json"] = version["invoice_json"]
+                    row["version"] = version
 
     def _finish_now(
         self, conn: Connection, row: dict[str, Any], state: str, detail: str, duplicate_of: int | None = None
@@ -445,39 +459,63 @@ class Worker:
 
     # -----------------------------------------------------------------------------------------------
     def _request(self, destination: str, row: dict[str, Any]) -> DeliveryRequest:
+        """The sink's request. An invoice read from the ledger is validated from its JSON only when the
+        sink asks for ``event`` or ``invoice``: a sink that reads ``summary`` (from the version's
+        columns) never pays for it."""
         invoice = row.pop("invoice", None)  # each request gets an invoice object of its own
-        stored_json = None
-        if invoice is None:
-            if row.get("invoice_json") is None:
-                with self.ledger.engine.connect() as conn:
-                    self._attach_invoices(conn, [row])
-                invoice = row.pop("invoice", None)
+        if invoice is None and row.get("invoice_json") is None:
+            with self.ledger.engine.connect() as conn:
+                self._attach_invoices(conn, [row])
+            invoice = row.pop("invoice", None)
+        changed = row["type"] == "invoice.status_changed" and bool(row.get("status"))
+        stored_json = row.get("invoice_json") if invoice is None else None
+
+        def load_event() -> Event:
+            nonlocal invoice
             if invoice is None:
-                stored_json = row["invoice_json"]
-                invoice = Invoice.model_validate_json(stored_json)
-        if row["type"] == "invoice.status_changed" and row.get("status"):
-            # The stored version carries the status it was first seen with; the event carries the new one.
-            invoice.status = InvoiceStatus(row["status"])
-            stored_json = None
-        event = Event(
-            id=row["event_id"],
-            type=row["type"],
-            source=row["source"],
-            identity=row["identity"],
-            content_hash=row["content_hash"],
-            invoice=invoice,
-            document_sha256=row["document_sha256"],
-            trace_id=row["trace_id"],
-            received_at=row["received_at"],
-        )
+                invoice = Invoice.model_validate_json(stored_json)  # type: ignore[arg-type]
+            if changed:
+                # The stored version carries the status it was first seen with; the event, the new one.
+                invoice.status = InvoiceStatus(row["status"])
+            return Event(
+                id=row["event_id"],
+                type=row["type"],
+                source=row["source"],
+                identity=row["identity"],
+                content_hash=row["content_hash"],
+                invoice=invoice,
+                document_sha256=row["document_sha256"],
+                trace_id=row["trace_id"],
+                received_at=row["received_at"],
+            )
+
+        version = row.get("version")
+        summary = None
+        if invoice is None and version is not None:
+            summary = InvoiceSummary(
+                identity=row["identity"],
+                content_hash=row["content_hash"],
+                kind=version["kind"],
+                number=version["number"],
+                code=version["code"],
+                # The event's status: the version's column holds the latest (a later red letter's).
+                status=row.get("status") or version["status"],
+                issue_date=date.fromisoformat(version["issue_date"]),
+                gross=Decimal(version["gross"]),
+                currency=version["currency"],
+                seller_tax_id=version["seller_tax_id"],
+                buyer_tax_id=version["buyer_tax_id"],
+            )
         return DeliveryRequest(
-            event=event,
+            event=None if summary is not None else load_event(),
             destination=destination,
             idempotency_key=row["idem_key"],
             attempt=row["attempt"],
             documents=row.get("documents", []),
             amends=row.get("amends"),
-            invoice_json=stored_json,
+            invoice_json=None if changed else stored_json,
+            summary=summary,
+            load_event=load_event if summary is not None else None,
         )
 
     def _context(self, destination: str, row: dict[str, Any]) -> _LogContext:

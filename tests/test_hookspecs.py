@@ -184,6 +184,60 @@ def test_a_sink_that_wants_no_documents_gets_none_and_an_archive_gets_them(tmp_p
     assert erp.requests[0].invoice.number == archive.requests[0].invoice.number
 
 
+def test_a_request_made_from_the_ledger_gives_its_summary_without_and_its_invoice_with_validation(
+    tmp_path: Path,
+) -> None:
+    """A retried delivery is made from the ledger: ``summary`` comes from the version's columns (with a
+    status change's new status), ``invoice`` is validated from the stored JSON on first use, and
+    ``invoice_json`` is that JSON unless the event changed the invoice's status."""
+    import orjson
+
+    from hub.errors import TransientError
+
+    original = orjson.loads(invoice_json(7))
+    red = {**original, "status": "red_lettered"}
+    docs = [
+        hub.Document(content=invoice_json(7), media_type="application/json", filename="7.json"),
+        hub.Document(content=orjson.dumps(red), media_type="application/json", filename="7-red.json"),
+    ]
+    source = mock_source([hub.Incoming(documents=[d], key=d.filename or "") for d in docs])
+    seen: dict[str, list[tuple[Any, ...]]] = {}
+
+    def flaky(request: hub.DeliveryRequest) -> None:
+        calls = seen.setdefault(request.idempotency_key, [])
+        summary = request.summary  # read before anything validates the invoice
+        invoice = request.invoice
+        calls.append(
+            (summary, hub.InvoiceSummary.of(invoice, request.event.content_hash), request.invoice_json)
+        )
+        if len(calls) == 1:
+            raise TransientError("try again: the retry is made from the ledger")
+
+    sink = mock_sink(flaky, type_name="test.flaky")
+    harness = HubHarness(
+        root=tmp_path,
+        connectors={"in": {"type": source.type_name}, "out": {"type": "test.flaky"}},
+        routes=[{"from": "in", "to": "out"}],
+        types=[source, sink],
+    )
+    summary = harness.run(timeout=30)
+    assert summary["delivered"] == 2, summary
+    assert sorted(len(calls) for calls in seen.values()) == [2, 2]
+    statuses = []
+    for calls in seen.values():
+        retried, from_invoice, stored = calls[1]
+        assert retried == from_invoice  # the columns say what the validated invoice says
+        statuses.append(retried.status)
+        if retried.status == "issued":
+            assert stored is not None and orjson.loads(stored) == orjson.loads(
+                hub.Invoice.model_validate_json(stored).model_dump_json()
+            )
+            assert retried.number == original["number"] and retried.gross == from_invoice.gross
+        else:
+            assert stored is None  # the stored JSON still says "issued"
+    assert sorted(statuses) == ["issued", "red_lettered"]
+
+
 class BuyerMustHaveTaxId:
     name = "buyer_tax_id_required"
 
