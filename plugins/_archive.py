@@ -320,6 +320,9 @@ def identity_segment(identity: str) -> str:
     """The identity as one path segment: every byte outside ``[A-Za-z0-9_-]`` written ``~XX``
     (``CN:2611...`` → ``CN~3A2611...``). Reversible, and free of ``/``, ``.``, ``%`` and ``:``, which
     some file systems and S3-compatible stores treat specially."""
+    plain = identity.replace(":", "")
+    if plain.isascii() and plain.isalnum():  # the common case: "CN:2531...", "CN:1100...:1234..."
+        return identity.replace(":", "~3A")
     return "".join(c if c in _SAFE else "".join(f"~{b:02X}" for b in c.encode()) for c in identity)
 
 
