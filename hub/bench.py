@@ -486,6 +486,12 @@ def run_bench(count: int, progress: Any = print) -> dict[str, Any]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def worker_processes() -> int:
+    """How many worker processes the bench's ``hub run --workers N`` measurements use: one per core,
+    at least two and at most four."""
+    return max(2, min(4, os.cpu_count() or 2))
+
+
 def _run_bench(count: int, progress: Any, scratch: str) -> dict[str, Any]:
     def child(kind: str, n: int, sink: str = "recording", processes: int = 0) -> dict[str, Any]:
         return _child(kind, n, sink, processes, scratch=scratch)
@@ -505,10 +511,11 @@ def _run_bench(count: int, progress: Any, scratch: str) -> dict[str, Any]:
     results["e2e_recording_double"] = child("e2e", count * 2, "recording")
     progress(f"hub end to end, archive.fs sink, {count} invoices...")
     results["e2e_archive"] = child("e2e", count, "archive.fs")
-    progress(f"hub end to end, recording sink, {count} invoices, one worker process (filesystem:// bus)...")
-    results["e2e_recording_process"] = child("e2e", count, "recording", 1)
-    progress(f"hub end to end, archive.fs sink, {count} invoices, one worker process...")
-    results["e2e_archive_process"] = child("e2e", count, "archive.fs", 1)
+    n = results["worker_processes"] = worker_processes()
+    progress(f"hub end to end, recording sink, {count} invoices, {n} worker processes (filesystem:// bus)...")
+    results["e2e_recording_process"] = child("e2e", count, "recording", n)
+    progress(f"hub end to end, archive.fs sink, {count} invoices, {n} worker processes...")
+    results["e2e_archive_process"] = child("e2e", count, "archive.fs", n)
     results["ratio_to_baseline"] = round(
         results["e2e_recording"]["per_second"] / results["baseline"]["per_second"], 2
     )

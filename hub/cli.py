@@ -875,11 +875,15 @@ def bench(count: int, as_json: bool) -> None:
         "invoices/s into a new archive on this disk)"
     )
     recp, arcp = results["e2e_recording_process"], results["e2e_archive_process"]
-    click.echo("same, with one worker process (hub run --workers 1; SQLite shared, filesystem:// bus):")
+    n = results["worker_processes"]
+    click.echo(
+        f"same, with {n} worker processes (hub run --workers {n}; SQLite shared, filesystem:// bus, "
+        "intake in the supervisor):"
+    )
     for label, r in (("to the recording sink", recp), ("to archive.fs (fsync)", arcp)):
         click.echo(
             f"  {label:<23} {r['per_second']:>8} invoices/s  ({r['count']} in {r['seconds']} s, "
-            f"peak {r['peak_mb']} MB + worker process {r['worker_peak_mb']} MB)"
+            f"peak {r['peak_mb']} MB + largest worker process {r['worker_peak_mb']} MB)"
         )
     click.echo(
         f"bare baseline (validate → orjson → SHA-256 → SQLite WAL ×100 → kombu memory://): "

@@ -31,6 +31,8 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
     for name in ("e2e_recording", "e2e_archive", "e2e_recording_process", "e2e_archive_process"):
         assert out[name]["delivered"] == 120, (name, out[name])
         assert out[name]["per_second"] > 0
+    assert out["worker_processes"] >= 2  # one per core, at least two
+    assert out["e2e_archive_process"]["processes"] == out["worker_processes"]
     assert out["e2e_recording_double"]["delivered"] == 240
     assert out["baseline"]["count"] == 120 and out["ratio_to_baseline"] > 0
     archive = out["archive_floor"]
