@@ -48,7 +48,6 @@ REPUBLISH_AFTER_DURABLE = timedelta(minutes=10)
 WAL_CHECKPOINT_INTERVAL = 0.2
 
 
-#: A batch handed to the intake helper: its items and the helper's answer to come.
 #: A batch handed to the intake helper to record: the items, the helper's future, the batch's sequence
 #: number.
 _InFlight = tuple[list[Incoming], "Future[Any]", int]
@@ -417,14 +416,10 @@ class Hub:
         self._recorded([name] * len(batch), outcomes, publish)
         self._commit_items(name, source, batch, outcomes)
 
-    def _intake_batch(self, name: str, source: Source, batch: list[Incoming]) -> int:
-        return self._record_batch(name, source, batch, [self.intake.prepare(item, name) for item in batch])
-
-    def _record_batch(
-        self, name: str, source: Source, batch: list[Incoming], prepared: list[Prepared]
-    ) -> int:
+    def _intake_batch(self, name: str, source: Source, batch: list[Incoming]) -> None:
+        """Prepare and record ``batch`` in this thread, then commit its items to the source."""
+        prepared = [self.intake.prepare(item, name) for item in batch]
         self._commit_items(name, source, batch, self.record(prepared))
-        return len(batch)
 
     @staticmethod
     def _commit_items(
