@@ -245,6 +245,25 @@ class DeliveryRequest:
             self._summary = InvoiceSummary.of(event.invoice, event.content_hash)
         return self._summary
 
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.event,
+            self.destination,
+            self.idempotency_key,
+            self.attempt,
+            self.documents,
+            self.amends,
+            self.invoice_json,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when every field is (as when this was a dataclass); builds both events."""
+        if not isinstance(other, DeliveryRequest):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: not hashable
+
     def __repr__(self) -> str:
         return (
             f"DeliveryRequest(destination={self.destination!r}, identity={self.summary.identity!r}, "

@@ -17,7 +17,9 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     out = orjson.loads(
-        run_hub("bench", "--count", "120", "--json", cwd=tmp_path, env={"TMPDIR": str(scratch)}).stdout
+        run_hub(
+            "bench", "--count", "120", "--repeat", "2", "--json", cwd=tmp_path, env={"TMPDIR": str(scratch)}
+        ).stdout
     )
     # The measurements' files are kept until the last one (so no measurement pays for the clean-up of
     # the one before), then removed.
@@ -35,6 +37,12 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
     assert out["e2e_archive_process"]["processes"] == out["worker_processes"]
     assert out["e2e_recording_double"]["delivered"] == 240
     assert out["baseline"]["count"] == 120 and out["ratio_to_baseline"] > 0
+    # The figures with targets (and the baseline) are the median of --repeat runs, the lower of the
+    # middle two for an even count, with every run's rate beside it.
+    assert out["repeat"] == 2
+    for name in ("e2e_recording", "e2e_archive", "baseline"):
+        runs = out[name]["runs"]
+        assert len(runs) == 2 and out[name]["per_second"] == min(runs), (name, out[name])
     archive = out["archive_floor"]
     assert archive["count"] == 120 and archive["ceiling_per_second"] > 0
     assert archive["total_us"] == pytest.approx(archive["files_us"] + archive["sync_us"], abs=0.2)
@@ -49,6 +57,7 @@ def test_bench_prints_every_figure_with_its_target(tmp_path: Path) -> None:
         "ledger rows alone",
         "to the recording sink",
         "target ≥ 5,000/s",
+        "median of 3 runs: ",
         "to archive.fs (fsync)",
         "target ≥ 2,000/s",
         "archive files alone",

@@ -202,8 +202,10 @@ def test_a_request_made_from_the_ledger_gives_its_summary_without_and_its_invoic
     ]
     source = mock_source([hub.Incoming(documents=[d], key=d.filename or "") for d in docs])
     seen: dict[str, list[tuple[Any, ...]]] = {}
+    requests: list[hub.DeliveryRequest] = []
 
     def flaky(request: hub.DeliveryRequest) -> None:
+        requests.append(request)
         calls = seen.setdefault(request.idempotency_key, [])
         summary = request.summary  # read before anything validates the invoice
         invoice = request.invoice
@@ -236,6 +238,12 @@ def test_a_request_made_from_the_ledger_gives_its_summary_without_and_its_invoic
         else:
             assert stored is None  # the stored JSON still says "issued"
     assert sorted(statuses) == ["issued", "red_lettered"]
+    # A request made from the ledger compares by value, as one a vendor makes with event=.
+    for request in requests:
+        fields = (request.destination, request.idempotency_key, request.attempt, request.documents)
+        twin = hub.DeliveryRequest(request.event, *fields, request.amends, request.invoice_json)
+        assert twin == request
+        assert hub.DeliveryRequest(request.event, *fields[:2], request.attempt + 1) != request
 
 
 class BuyerMustHaveTaxId:
