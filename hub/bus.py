@@ -32,13 +32,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import amqp
 import orjson
 import structlog
-from kombu import Connection, Exchange, Producer, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 from kombu.exceptions import ChannelError, KombuError
+from kombu.messaging import Producer
 from kombu.transport import filesystem as kombu_filesystem
 from kombu.utils import json as kombu_json
 from pydantic import BaseModel, ConfigDict
@@ -53,10 +55,15 @@ CONFIRM_TIMEOUT = 30.0
 RECONNECT_FIRST, RECONNECT_MAX = 0.2, 5.0
 
 _BUS_ERRORS: tuple[type[BaseException], ...] = (KombuError, OSError, amqp.exceptions.AMQPError)
+#: Publishing also gives up on a confirm that does not come in time.
+_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*_BUS_ERRORS, TimeoutError)
 
 
 class _HandlerFailed(Exception):
     """The message handler raised something unexpected: drop the connection, the message goes back."""
+
+
+_CONSUME_ERRORS: tuple[type[BaseException], ...] = (*_BUS_ERRORS, _HandlerFailed)
 
 
 class _FilesChannel(kombu_filesystem.Channel):
@@ -67,7 +74,7 @@ class _FilesChannel(kombu_filesystem.Channel):
     thread died). Here the message is written under a name no consumer picks up and then renamed into
     place, which is atomic on one filesystem."""
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         folder = self.data_folder_out
         part = os.path.join(folder, f"part-{uuid.uuid4().hex}")
@@ -98,7 +105,8 @@ class _ConfirmingPublisher:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.channel: Any = conn.default_channel  # amqp.Channel under kombu's pyamqp transport
+        # amqp.Channel under kombu's pyamqp transport, whose confirm mode kombu's own Channel type lacks.
+        self.channel: Any = cast(Any, conn.default_channel)
         self.channel.confirm_select()
         self.sent = 0
         self.acked = 0
@@ -259,7 +267,7 @@ class Bus:
                         content_encoding="utf-8",
                         delivery_mode=2,
                     )
-        except (*_BUS_ERRORS, TimeoutError) as exc:
+        except _PUBLISH_ERRORS as exc:
             self._reset_producer()
             raise TransientError(f"cannot publish to the bus {self.safe_url}: {exc}") from exc
 
@@ -364,7 +372,7 @@ class Bus:
                                 continue
                             if state["ok"]:
                                 delay = RECONNECT_FIRST
-            except (*_BUS_ERRORS, _HandlerFailed) as exc:
+            except _CONSUME_ERRORS as exc:
                 log.warning(
                     "bus_connection_lost",
                     error=f"{type(exc).__name__}: {exc}",

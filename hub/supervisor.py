@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
@@ -51,6 +51,9 @@ import structlog
 from hub.errors import ConfigError, HubError
 from hub.ledger import now
 from hub.ledger import schema as t
+
+if TYPE_CHECKING:
+    from hub.engine import Hub
 
 log = structlog.get_logger()
 
@@ -178,7 +181,7 @@ class Supervisor:
     # -----------------------------------------------------------------------------------------------
     def run(
         self,
-        hub: Any,
+        hub: Hub,
         *,
         until_idle: bool = False,
         progress: Callable[[dict[str, Any]], None] | None = None,
