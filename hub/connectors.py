@@ -17,7 +17,7 @@ worker decides retry, dead letter and ack, so a connector never sleeps and retri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -185,6 +185,24 @@ class InvoiceSummary:
             currency=invoice.currency,
             seller_tax_id=invoice.seller.tax_id,
             buyer_tax_id=invoice.buyer.tax_id,
+        )
+
+    @classmethod
+    def from_columns(cls, version: Mapping[str, Any], *, status: str | None = None) -> InvoiceSummary:
+        """From an ``invoice_versions`` row (its columns are these facts, as intake wrote them from the
+        invoice). ``status``: the event's, where it differs from the column, which holds the latest."""
+        return cls(
+            identity=version["identity"],
+            content_hash=version["content_hash"],
+            kind=version["kind"],
+            number=version["number"],
+            code=version["code"],
+            status=status or version["status"],
+            issue_date=date.fromisoformat(version["issue_date"]),
+            gross=Decimal(version["gross"]),
+            currency=version["currency"],
+            seller_tax_id=version["seller_tax_id"],
+            buyer_tax_id=version["buyer_tax_id"],
         )
 
 

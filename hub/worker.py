@@ -24,8 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -433,6 +432,8 @@ class Worker:
                 sa.select(
                     v.c.id,
                     v.c.invoice_json,
+                    v.c.identity,
+                    v.c.content_hash,
                     v.c.kind,
                     v.c.number,
                     v.c.code,
@@ -492,20 +493,8 @@ class Worker:
         version = row.get("version")
         summary = None
         if invoice is None and version is not None:
-            summary = InvoiceSummary(
-                identity=row["identity"],
-                content_hash=row["content_hash"],
-                kind=version["kind"],
-                number=version["number"],
-                code=version["code"],
-                # The event's status: the version's column holds the latest (a later red letter's).
-                status=row.get("status") or version["status"],
-                issue_date=date.fromisoformat(version["issue_date"]),
-                gross=Decimal(version["gross"]),
-                currency=version["currency"],
-                seller_tax_id=version["seller_tax_id"],
-                buyer_tax_id=version["buyer_tax_id"],
-            )
+            # The event's status: the version's column holds the latest (a later red letter's).
+            summary = InvoiceSummary.from_columns(version, status=row.get("status"))
         return DeliveryRequest(
             event=None if summary is not None else load_event(),
             destination=destination,
