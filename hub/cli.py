@@ -843,7 +843,12 @@ def bench(count: int, repeat: int, as_json: bool) -> None:
     click.echo(f"  model validation        {st['model_us']:>8} µs")
     click.echo(f"  rules                   {st['rules_us']:>8} µs")
     click.echo(f"  canonical form + hash   {st['canonical_hash_us']:>8} µs")
-    click.echo(f"  = validate+canon+hash   {st['validate_canonical_hash_us']:>8} µs   (target ≤ 50 µs)")
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    vch = st["validate_canonical_hash_us"]
+    click.echo(f"  = validate+canon+hash   {vch:>8} µs   (target ≤ 50 µs: {verdict(vch <= 50)})")
     click.echo(
         f"  ledger write            {st['ledger_write_us']:>8} µs   (transactions of {st['ledger_batch']})"
     )
@@ -868,7 +873,7 @@ def bench(count: int, repeat: int, as_json: bool) -> None:
     click.echo(
         f"  to the recording sink   {rec['per_second']:>8} invoices/s  ({runs(rec)}"
         f"{rec['count']} in {rec['seconds']} s, "
-        f"peak {rec['peak_mb']} MB{helper(rec)}; target ≥ 5,000/s)"
+        f"peak {rec['peak_mb']} MB{helper(rec)}; target ≥ 5,000/s: {verdict(rec['per_second'] >= 5000)})"
     )
     click.echo(
         f"  same, twice the count   {rec2['per_second']:>8} invoices/s  "
@@ -878,7 +883,7 @@ def bench(count: int, repeat: int, as_json: bool) -> None:
     click.echo(
         f"  to archive.fs (fsync)   {arc['per_second']:>8} invoices/s  ({runs(arc)}"
         f"{arc['count']} in {arc['seconds']} s, "
-        f"peak {arc['peak_mb']} MB{helper(arc)}; target ≥ 2,000/s)"
+        f"peak {arc['peak_mb']} MB{helper(arc)}; target ≥ 2,000/s: {verdict(arc['per_second'] >= 2000)})"
     )
     af = results["archive_floor"]
     click.echo(

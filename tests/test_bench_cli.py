@@ -53,18 +53,21 @@ def test_bench_prints_every_figure_with_its_target(tmp_path: Path) -> None:
     text = proc.stdout
     for line in (
         "= validate+canon+hash",
-        "(target ≤ 50 µs)",
+        "(target ≤ 50 µs: ",
         "ledger rows alone",
         "to the recording sink",
-        "target ≥ 5,000/s",
+        "target ≥ 5,000/s: ",
         "median of 3 runs: ",
         "to archive.fs (fsync)",
-        "target ≥ 2,000/s",
+        "target ≥ 2,000/s: ",
         "archive files alone",
         "worker process",
         "bare baseline",
         "hub / baseline:",
     ):
         assert line in text, (line, text)
+    # Each of the three targets says whether this run met it ("met" or "NOT met"; which one depends
+    # on the machine, so only that one of them is there is checked).
+    assert text.count("met)") == 3, text
     # Progress goes to stderr, one line per measurement, while the figures go to stdout.
     assert "archive.fs's file work alone" in proc.stderr and "bare baseline on 60" in proc.stderr
