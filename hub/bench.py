@@ -126,10 +126,20 @@ def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
     }
 
 
-def measure_e2e(count: int, sink: str, processes: int = 0) -> dict[str, Any]:
+#: The ``worker`` settings of the end-to-end runs: what suits bulk intake of one-invoice documents on two
+#: cores. ``hub.yaml``'s defaults are 4 threads and batches of 200 (fewer invoices per transaction when a
+#: source's items are files of many invoices): docs/benchmarks.md, stop 18, measures both.
+BENCH_WORKER: dict[str, Any] = {"threads": 2, "batch_size": 500, "relay_interval": 0.5}
+
+
+def measure_e2e(
+    count: int, sink: str, processes: int = 0, worker: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``hub run --until-idle`` on the embedded default from the ``generator`` source to ``sink``: worker
     threads in this process, or ``processes`` worker processes (``hub run --workers N``) over a
-    ``filesystem://`` bus, the SQLite ledger shared."""
+    ``filesystem://`` bus, the SQLite ledger shared. ``worker``: hub.yaml's ``worker`` settings
+    (``BENCH_WORKER`` when None)."""
+    worker = {**BENCH_WORKER, **(worker or {})}
     from hub.config import load_config
     from hub.engine import Hub
     from hub.logging import configure_logging
@@ -148,7 +158,7 @@ def measure_e2e(count: int, sink: str, processes: int = 0) -> dict[str, Any]:
                     "bus": "filesystem://" if processes else "memory://",
                     "data_dir": f"{tmp}/.hub",
                     "logging": {"level": "error"},
-                    "worker": {"threads": 2, "batch_size": 500, "relay_interval": 0.5},
+                    "worker": worker,
                     "connectors": {
                         "gen": {"type": "generator", "settings": {"count": count}},
                         "sink": {"type": sink, "settings": settings},
@@ -173,6 +183,7 @@ def measure_e2e(count: int, sink: str, processes: int = 0) -> dict[str, Any]:
         "count": count,
         "sink": sink,
         "processes": processes,
+        "worker": worker,
         #: largest worker process (they are waited for, so their peak is the children's)
         "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
         if processes
@@ -462,11 +473,28 @@ def measure_baseline(count: int) -> dict[str, Any]:
 # Driver
 # ---------------------------------------------------------------------------------------------------
 def _child(
-    kind: str, count: int, sink: str = "recording", processes: int = 0, *, scratch: str | None = None
+    kind: str,
+    count: int,
+    sink: str = "recording",
+    processes: int = 0,
+    *,
+    scratch: str | None = None,
+    worker: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     env = None if scratch is None else {**os.environ, "TMPDIR": scratch, KEEP_FILES: "1"}
+    worker = worker or BENCH_WORKER
     out = subprocess.run(
-        [sys.executable, "-m", "hub.bench", kind, str(count), sink, str(processes)],
+        [
+            sys.executable,
+            "-m",
+            "hub.bench",
+            kind,
+            str(count),
+            sink,
+            str(processes),
+            str(worker["threads"]),
+            str(worker["batch_size"]),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -477,10 +505,23 @@ def _child(
     return dict(orjson.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def run_bench(count: int, progress: Any = print, repeat: int = 3) -> dict[str, Any]:
+def run_bench(
+    count: int,
+    progress: Any = print,
+    repeat: int = 3,
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Every measurement, each in a child process; ``threads`` and ``batch_size`` replace
+    ``BENCH_WORKER``'s for the end-to-end runs."""
+    worker = dict(BENCH_WORKER)
+    if threads is not None:
+        worker["threads"] = threads
+    if batch_size is not None:
+        worker["batch_size"] = batch_size
     scratch = tempfile.mkdtemp(prefix="hub-bench-")
     try:
-        return _run_bench(count, progress, scratch, repeat)
+        return _run_bench(count, progress, scratch, repeat, worker)
     finally:
         progress("removing the measurements' files...")
         shutil.rmtree(scratch, ignore_errors=True)
@@ -507,14 +548,18 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
-def _run_bench(count: int, progress: Any, scratch: str, repeat: int = 3) -> dict[str, Any]:
+def _run_bench(
+    count: int, progress: Any, scratch: str, repeat: int = 3, worker: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    worker = worker or BENCH_WORKER
+
     def child(kind: str, n: int, sink: str = "recording", processes: int = 0) -> dict[str, Any]:
-        return _child(kind, n, sink, processes, scratch=scratch)
+        return _child(kind, n, sink, processes, scratch=scratch, worker=worker)
 
     def of(i: int) -> str:
         return f" (run {i + 1} of {repeat})" if repeat > 1 else ""
 
-    results: dict[str, Any] = {"repeat": repeat}
+    results: dict[str, Any] = {"repeat": repeat, "worker": worker}
     progress(f"per-invoice steps on {count} invoices...")
     results["steps"] = child("steps", count)
     baselines = []
@@ -554,6 +599,9 @@ def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
     sink = sys.argv[3] if len(sys.argv) > 3 else "recording"
     processes = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    worker = dict(BENCH_WORKER)
+    if len(sys.argv) > 6:
+        worker.update(threads=int(sys.argv[5]), batch_size=int(sys.argv[6]))
     if kind == "steps":
         result = measure_steps(count)
     elif kind == "baseline":
@@ -563,7 +611,7 @@ def main() -> None:
     elif kind == "archive-floor":
         result = measure_archive_floor(count)
     else:
-        result = measure_e2e(count, sink, processes)
+        result = measure_e2e(count, sink, processes, worker)
     print(orjson.dumps(result).decode())
 
 

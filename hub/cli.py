@@ -828,12 +828,30 @@ cli.add_command(new_plugin)
     show_default=True,
     help="Runs of each end-to-end figure with a target (and of the baseline); the median is reported.",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="worker.threads of the end-to-end runs  [default: 2]",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="worker.batch_size of the end-to-end runs  [default: 500]",
+)
 @json_option
-def bench(count: int, repeat: int, as_json: bool) -> None:
+def bench(count: int, repeat: int, threads: int | None, batch_size: int | None, as_json: bool) -> None:
     """Measure the embedded default on this machine beside a bare baseline (see hub/bench.py)."""
     from hub.bench import run_bench
 
-    results = run_bench(count, progress=lambda msg: click.echo(msg, err=True), repeat=repeat)
+    results = run_bench(
+        count,
+        progress=lambda msg: click.echo(msg, err=True),
+        repeat=repeat,
+        threads=threads,
+        batch_size=batch_size,
+    )
     if as_json:
         emit_json(results)
         return
@@ -859,7 +877,8 @@ def bench(count: int, repeat: int, as_json: bool) -> None:
         f"{fl['ceiling_per_second']} invoices/s with nothing else under the write lock)"
     )
     click.echo(
-        "end to end, embedded default (SQLite WAL + memory:// + worker threads + intake helper process):"
+        "end to end, embedded default (SQLite WAL + memory:// + intake helper process; hub.yaml's worker: "
+        f"threads {results['worker']['threads']}, batch_size {results['worker']['batch_size']}):"
     )
 
     def helper(r: dict[str, Any]) -> str:

@@ -18,7 +18,18 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
     scratch.mkdir()
     out = orjson.loads(
         run_hub(
-            "bench", "--count", "120", "--repeat", "2", "--json", cwd=tmp_path, env={"TMPDIR": str(scratch)}
+            "bench",
+            "--count",
+            "120",
+            "--repeat",
+            "2",
+            "--threads",
+            "3",
+            "--batch-size",
+            "40",
+            "--json",
+            cwd=tmp_path,
+            env={"TMPDIR": str(scratch)},
         ).stdout
     )
     # The measurements' files are kept until the last one (so no measurement pays for the clean-up of
@@ -40,6 +51,9 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
     # The figures with targets (and the baseline) are the median of --repeat runs, the lower of the
     # middle two for an even count, with every run's rate beside it.
     assert out["repeat"] == 2
+    assert out["worker"]["threads"] == 3 and out["worker"]["batch_size"] == 40
+    for name in ("e2e_recording", "e2e_archive", "e2e_archive_process"):  # what the runs' hub.yaml said
+        assert out[name]["worker"]["threads"] == 3 and out[name]["worker"]["batch_size"] == 40, name
     for name in ("e2e_recording", "e2e_archive", "baseline"):
         runs = out[name]["runs"]
         assert len(runs) == 2 and out[name]["per_second"] == min(runs), (name, out[name])
@@ -52,6 +66,7 @@ def test_bench_prints_every_figure_with_its_target(tmp_path: Path) -> None:
     proc = run_hub("bench", "--count", "60", cwd=tmp_path)
     text = proc.stdout
     for line in (
+        "threads 2, batch_size 500",  # the worker settings of the end-to-end runs
         "= validate+canon+hash",
         "(target ≤ 50 µs: ",
         "ledger rows alone",
