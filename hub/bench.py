@@ -126,10 +126,12 @@ def measure_steps(count: int, batch: int = 200) -> dict[str, Any]:
     }
 
 
-#: The ``worker`` settings of the end-to-end runs: what suits bulk intake of one-invoice documents on two
-#: cores. ``hub.yaml``'s defaults are 4 threads and batches of 200 (fewer invoices per transaction when a
-#: source's items are files of many invoices): docs/benchmarks.md, stop 18, measures both.
-BENCH_WORKER: dict[str, Any] = {"threads": 2, "batch_size": 500, "relay_interval": 0.5}
+#: The ``worker`` settings the end-to-end runs change from hub.yaml's defaults (``hub bench --threads
+#: / --batch-size`` measure others): one thread per core, because ``recording`` and ``archive.fs`` spend
+#: CPU rather than wait on a network. hub.yaml's 4 threads suit sinks that wait (an ERP's HTTP API);
+#: with CPU-bound sinks on two cores they cost ~8 % into archive.fs and ~8 MB of peak memory
+#: (docs/benchmarks.md, stop 18).
+BENCH_WORKER: dict[str, Any] = {"threads": 2}
 
 
 def measure_e2e(
@@ -137,8 +139,8 @@ def measure_e2e(
 ) -> dict[str, Any]:
     """``hub run --until-idle`` on the embedded default from the ``generator`` source to ``sink``: worker
     threads in this process, or ``processes`` worker processes (``hub run --workers N``) over a
-    ``filesystem://`` bus, the SQLite ledger shared. ``worker``: hub.yaml's ``worker`` settings
-    (``BENCH_WORKER`` when None)."""
+    ``filesystem://`` bus, the SQLite ledger shared. ``worker``: hub.yaml's ``worker`` settings that
+    differ from its defaults (``BENCH_WORKER`` when None); the result says which were in effect."""
     worker = {**BENCH_WORKER, **(worker or {})}
     from hub.config import load_config
     from hub.engine import Hub
@@ -158,7 +160,7 @@ def measure_e2e(
                     "bus": "filesystem://" if processes else "memory://",
                     "data_dir": f"{tmp}/.hub",
                     "logging": {"level": "error"},
-                    "worker": worker,
+                    **({"worker": worker} if worker else {}),
                     "connectors": {
                         "gen": {"type": "generator", "settings": {"count": count}},
                         "sink": {"type": sink, "settings": settings},
@@ -169,6 +171,9 @@ def measure_e2e(
             encoding="utf-8",
         )
         hub = Hub(load_config(cfg))
+        hub_worker = hub.config.worker.model_dump(
+            include={"threads", "batch_size", "batch_bytes", "relay_interval"}
+        )
         # The generator builds its pool of invoices before the clock, as the baseline does.
         next(iter(hub.sources["gen"].poll(None)), None)
         t0 = time.perf_counter()
@@ -183,7 +188,7 @@ def measure_e2e(
         "count": count,
         "sink": sink,
         "processes": processes,
-        "worker": worker,
+        "worker": hub_worker,
         #: largest worker process (they are waited for, so their peak is the children's)
         "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
         if processes
@@ -482,7 +487,7 @@ def _child(
     worker: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     env = None if scratch is None else {**os.environ, "TMPDIR": scratch, KEEP_FILES: "1"}
-    worker = worker or BENCH_WORKER
+    worker = BENCH_WORKER if worker is None else worker
     out = subprocess.run(
         [
             sys.executable,
@@ -492,8 +497,7 @@ def _child(
             str(count),
             sink,
             str(processes),
-            str(worker["threads"]),
-            str(worker["batch_size"]),
+            orjson.dumps(worker).decode(),
         ],
         capture_output=True,
         text=True,
@@ -512,8 +516,8 @@ def run_bench(
     threads: int | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Every measurement, each in a child process; ``threads`` and ``batch_size`` replace
-    ``BENCH_WORKER``'s for the end-to-end runs."""
+    """Every measurement, each in a child process; ``threads`` and ``batch_size`` replace hub.yaml's
+    defaults in the end-to-end runs."""
     worker = dict(BENCH_WORKER)
     if threads is not None:
         worker["threads"] = threads
@@ -551,7 +555,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _run_bench(
     count: int, progress: Any, scratch: str, repeat: int = 3, worker: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    worker = worker or BENCH_WORKER
+    worker = BENCH_WORKER if worker is None else worker
 
     def child(kind: str, n: int, sink: str = "recording", processes: int = 0) -> dict[str, Any]:
         return _child(kind, n, sink, processes, scratch=scratch, worker=worker)
@@ -559,7 +563,7 @@ def _run_bench(
     def of(i: int) -> str:
         return f" (run {i + 1} of {repeat})" if repeat > 1 else ""
 
-    results: dict[str, Any] = {"repeat": repeat, "worker": worker}
+    results: dict[str, Any] = {"repeat": repeat}
     progress(f"per-invoice steps on {count} invoices...")
     results["steps"] = child("steps", count)
     baselines = []
@@ -581,6 +585,7 @@ def _run_bench(
         progress(f"hub end to end, archive.fs sink, {count} invoices{of(i)}...")
         archive.append(child("e2e", count, "archive.fs"))
     results["e2e_recording"] = median_run(recording)
+    results["worker"] = results["e2e_recording"]["worker"]  # the settings in effect
     results["e2e_archive"] = median_run(archive)
     progress(f"hub end to end, recording sink, {count * 2} invoices (memory growth)...")
     results["e2e_recording_double"] = child("e2e", count * 2, "recording")
@@ -599,9 +604,7 @@ def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
     sink = sys.argv[3] if len(sys.argv) > 3 else "recording"
     processes = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-    worker = dict(BENCH_WORKER)
-    if len(sys.argv) > 6:
-        worker.update(threads=int(sys.argv[5]), batch_size=int(sys.argv[6]))
+    worker = dict(orjson.loads(sys.argv[5])) if len(sys.argv) > 5 else dict(BENCH_WORKER)
     if kind == "steps":
         result = measure_steps(count)
     elif kind == "baseline":

@@ -832,13 +832,13 @@ cli.add_command(new_plugin)
     "--threads",
     type=click.IntRange(1, 256),
     default=None,
-    help="worker.threads of the end-to-end runs  [default: 2]",
+    help="worker.threads of the end-to-end runs  [default: 2, one per core]",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 10_000),
     default=None,
-    help="worker.batch_size of the end-to-end runs  [default: 500]",
+    help="worker.batch_size of the end-to-end runs  [default: hub.yaml's default]",
 )
 @json_option
 def bench(count: int, repeat: int, threads: int | None, batch_size: int | None, as_json: bool) -> None:

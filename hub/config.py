@@ -88,7 +88,12 @@ class PluginsConfig(_Strict):
 
 class WorkerConfig(_Strict):
     threads: int = Field(4, ge=1, le=256)
-    batch_size: int = Field(200, ge=1, le=10_000)
+    #: Items a source's batch holds at most: one intake transaction, one bus message per destination.
+    batch_size: int = Field(500, ge=1, le=10_000)
+    #: ... or fewer, once their documents weigh this many bytes together (a folder of files of a hundred
+    #: invoices each, an IMAP box of scanned PDFs): what a batch costs in memory and in one transaction
+    #: grows with its bytes, not with its count of items.
+    batch_bytes: int = Field(4 * 1024 * 1024, ge=1)
     #: Seconds a claimed delivery stays claimed before another process may take it over.
     lease_seconds: float = Field(300.0, gt=0)
     #: Seconds between outbox relays (republishing pending and due retries).

@@ -52,6 +52,18 @@ WAL_CHECKPOINT_INTERVAL = 0.2
 #: number.
 _InFlight = tuple[list[Incoming], "Future[Any]", int]
 
+#: What an invoice a source hands in as data (an ERP's row, a platform's) counts for in
+#: ``worker.batch_bytes``: about the size of its JSON.
+INVOICE_AS_DATA_BYTES = 2_000
+
+
+def item_weight(item: Incoming) -> int:
+    """How much of ``worker.batch_bytes`` an item takes: its documents' bytes, and
+    ``INVOICE_AS_DATA_BYTES`` per invoice it carries as data. What a batch's invoices cost to parse,
+    hold and write grows with their bytes much more than with the count of items: one file can hold
+    one invoice or a hundred."""
+    return sum(len(d.content) for d in item.documents) + INVOICE_AS_DATA_BYTES * len(item.invoices)
+
 
 @dataclass
 class RunStats:
@@ -344,7 +356,8 @@ class Hub:
         self._lock_file.flush()
 
     def _source_loop(self, name: str, source: Source, batch_size: int) -> None:
-        """Poll ``source`` and take in what it yields, batch by batch. With the intake helper process
+        """Poll ``source`` and take in what it yields, batch by batch: ``batch_size`` items, or fewer
+        that weigh ``worker.batch_bytes`` together (``item_weight``). With the intake helper process
         (``hub.preparer``) it prepares batch k+1 while this thread writes batch k; batches are written
         in the order polled, all by this thread. A pass ends once everything it read is written, so
         the next ``poll`` starts from the checkpoint of everything before it; an error ends the pass,
@@ -354,18 +367,22 @@ class Hub:
             if self._preparer is not None and self._preparer.started and self._preparer.wanted(batch_size)
             else None
         )
+        batch_bytes = self.config.worker.batch_bytes
         while not self.stop_event.is_set():
             got = 0
             try:
                 checkpoint = self.ledger.get_checkpoint(name)
                 batch: list[Incoming] = []
+                weight = 0
                 inflight: _InFlight | None = None
                 for item in source.poll(checkpoint):
                     batch.append(item)
-                    if len(batch) >= batch_size:
+                    weight += item_weight(item)
+                    if len(batch) >= batch_size or weight >= batch_bytes:
                         got += len(batch)
                         inflight = self._intake_step(name, source, batch, inflight, preparer)
                         batch = []
+                        weight = 0
                     if self.stop_event.is_set():
                         break
                 if batch:

@@ -368,6 +368,8 @@ class HubHarness:
     plugins: dict[str, Any] = field(default_factory=dict)
     #: More in-process plugins ``(name, plugin)``: parsers, rules, observers under test.
     extra_plugins: Sequence[tuple[str, object]] = ()
+    #: hub.yaml's ``worker`` settings over the harness's own (2 threads, batches of 50, a quick relay).
+    worker: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -380,7 +382,7 @@ class HubHarness:
             "bus": "memory://",
             "data_dir": str(self.root / ".hub"),
             "logging": {"level": "warning"},
-            "worker": {"threads": 2, "relay_interval": 0.05, "batch_size": 50},
+            "worker": {"threads": 2, "relay_interval": 0.05, "batch_size": 50, **self.worker},
             "retry": self.retry,
             "plugins": self.plugins,
             "connectors": _plain(self.connectors),
