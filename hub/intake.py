@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -64,7 +65,7 @@ class Accepted:
     def plan(self, config: HubConfig, source: str) -> None:
         inv = self.invoice
         self.row = {
-            "identity": inv.identity,
+            "identity": self.identity,
             "content_hash": self.content_hash,
             "canonical_version": CANONICAL_VERSION,
             "kind": inv.kind.value,
@@ -83,8 +84,9 @@ class Accepted:
         }
         self.targets = destinations_for(config, source, "invoice.received", inv)
 
-    @property
+    @cached_property
     def identity(self) -> str:
+        # Asked several times per invoice inside the write transaction, where others wait for it.
         return self.invoice.identity
 
     @property
