@@ -158,8 +158,13 @@ class Supervisor:
                         child.not_before = 0.0
                         self._spawn(child)
 
+    def _stop_when_set(self, event: threading.Event) -> None:
+        event.wait()
+        self.stop()
+
     def stop(self) -> None:
-        """SIGTERM every worker process, wait for them to drain, kill what is left."""
+        """SIGTERM every worker process, wait for them to drain, kill what is left. Safe to call again,
+        from any thread: processes already gone are only waited for."""
         self.stopping.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
@@ -210,9 +215,19 @@ class Supervisor:
             # Messages a dead worker process had taken are gone with it: publish what is pending again.
             self.on_child_exit = hub.republish_pending
         self.start()
+        # On a stop (SIGINT/SIGTERM, or the run fell idle) the worker processes are told at once, not
+        # after the sources' threads have ended: a source may still be recording a batch, and meanwhile
+        # the workers would go on taking new messages instead of draining the ones in hand. What that
+        # batch publishes stays on the bus and in the ledger for the next run.
+        stopper = threading.Thread(
+            target=self._stop_when_set, args=(hub.stop_event,), name="stop-workers", daemon=True
+        )
+        stopper.start()
         try:
             summary = hub.run(until_idle=until_idle, progress=with_outcomes, workers=False)
         finally:
+            hub.stop_event.set()
+            stopper.join(timeout=self.drain_seconds + 10)
             self.stop()
         summary.update(outcomes_since(hub.ledger, started))
         summary["open"] = hub.open_deliveries()

@@ -80,7 +80,16 @@ class HubRun:
             "bus": bus,
             "data_dir": str(tmp_path / ".hub"),
             "logging": {"level": "warning", "format": "json"},
-            "worker": {"threads": 2, "lease_seconds": lease_seconds, "relay_interval": 0.5},
+            # The faults below are timed against intake in one batch, as these tests were measured
+            # (batches of 200 files of 50 invoices, no byte cap): with hub.yaml's smaller batches the
+            # deliveries start sooner and a fast run can be over before the fault lands.
+            "worker": {
+                "threads": 2,
+                "lease_seconds": lease_seconds,
+                "relay_interval": 0.5,
+                "batch_size": 200,
+                "batch_bytes": 1 << 30,
+            },
             "retry": retry or {"max_attempts": 6, "initial_delay": 0.5, "max_delay": 2.0},
             "connectors": connectors,
             "routes": [{"name": "all", "from": "inbox", "to": list(sinks)}],
