@@ -229,8 +229,12 @@ def test_rabbitmq_stopped_and_started_during_a_run(hub_run: Any) -> None:
     # Enough invoices that intake and the relay are still publishing when the broker goes away (with
     # fewer, a fast run has everything published and prefetched before the outage, which then tests
     # nothing), and the broker stopped as soon as deliveries flow.
+    # 2 ms a call: 12,000 calls keep the four consumers busy ~6 s, so the run is still going when
+    # `rabbitmqctl stop_app` (itself a second or more) has stopped the broker; without it a fast run was
+    # sometimes over before that.
     count = 6000
-    run = hub_run(count=count, sinks={"erp": {}, "archive": {}}).start()
+    slow = {"delay": 0.002}
+    run = hub_run(count=count, sinks={"erp": slow, "archive": slow}).start()
     run.wait_for("deliveries under way", lambda: run.delivered() > 100, timeout=90)
     try:
         rabbitmqctl("stop_app")
