@@ -216,7 +216,7 @@ def measure_ledger_floor(count: int, batch: int = 500) -> dict[str, Any]:
     ``batch`` per transaction, commits (and SQLite's checkpoints) included. SQLite has one writer, so
     this is the least time per invoice any layout of threads or processes spends under the write lock
     with this schema."""
-    from hub.ledger import Ledger
+    from hub.ledger import WAL_CHECKPOINT_BYTES, Ledger
     from hub.models import Invoice, new_id
 
     payloads = [invoice_json(i) for i in range(count)]
@@ -226,7 +226,8 @@ def measure_ledger_floor(count: int, batch: int = 500) -> dict[str, Any]:
     with _workdir() as tmp:
         Ledger(f"sqlite:///{tmp}/ledger.db").close()  # the schema, as migrations make it
         db = sqlite3.connect(f"{tmp}/ledger.db", isolation_level=None)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=10000"):
+        checkpoint_pages = WAL_CHECKPOINT_BYTES // db.execute("PRAGMA page_size").fetchone()[0]
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"wal_autocheckpoint={checkpoint_pages}"):
             db.execute(f"PRAGMA {pragma}")
         for start in range(0, count, batch):
             span = range(start, min(count, start + batch))

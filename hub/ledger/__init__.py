@@ -62,6 +62,11 @@ def document_from_row(row: Any) -> Document:
     )
 
 
+#: The page size of a new SQLite ledger, and the WAL that makes a commit checkpoint (see ``_sqlite_setup``).
+PAGE_SIZE = 16384
+WAL_CHECKPOINT_BYTES = 40 * 1024 * 1024
+
+
 class _WriteLock:
     """The turn to write to a SQLite ledger: a lock for the threads of this process and, for a ledger
     file, an ``flock`` on a file beside it for the processes (``hub run --workers N``, the CLI).
@@ -158,17 +163,24 @@ class Ledger:
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
             cur = dbapi_conn.cursor()
+            # Set before the first table of a new ledger (an existing one keeps its size). Intake
+            # writes a few KB of rows per invoice across a dozen B-trees: with 16 KB pages its ledger
+            # write took 57 us an invoice instead of 72 at SQLite's default 4 KB (docs/benchmarks.md,
+            # stop 19), in fewer, larger WAL frames.
+            cur.execute(f"PRAGMA page_size={PAGE_SIZE}")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA temp_store=MEMORY")
             # A checkpoint runs inside the commit that crosses this many WAL pages, while that writer
             # holds the one write lock: at SQLite's default (1,000 pages, 4 MB) it was half of intake's
-            # commit time. 10,000 pages (40 MB of WAL at most between checkpoints) halves that and
-            # measured 5-10 % more invoices/s end to end (docs/benchmarks.md, stop 12). `hub run` also
-            # checkpoints from a thread of its own, beside the writers (Hub._checkpoint_loop), so this
-            # is the fallback.
-            cur.execute("PRAGMA wal_autocheckpoint=10000")
+            # commit time. 40 MB of WAL at most between checkpoints halves that and measured 5-10 %
+            # more invoices/s end to end (docs/benchmarks.md, stop 12). `hub run` also checkpoints
+            # from a thread of its own, beside the writers (Hub._checkpoint_loop), so this is the
+            # fallback.
+            cur.execute("PRAGMA page_size")
+            (page_size,) = cur.fetchone()
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
             cur.close()
 
         @sa_event.listens_for(engine, "begin")
