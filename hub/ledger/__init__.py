@@ -62,8 +62,11 @@ def document_from_row(row: Any) -> Document:
     )
 
 
-#: The page size of a new SQLite ledger, and the WAL that makes a commit checkpoint (see ``_sqlite_setup``).
-PAGE_SIZE = 16384
+#: The WAL that makes a commit checkpoint (see ``_sqlite_setup``). The page size stays SQLite's 4 KB:
+#: 16 KB pages made intake's write 20 % cheaper on a new ledger, but a new key of a content-hash index
+#: lands on a page of its own once the ledger holds more than a batch's worth of pages, and four times
+#: the bytes per page made 2,000 invoices 10-18 % slower against 100,000 and 500,000 older deliveries
+#: (``scripts/bench_ledger_growth.py``; docs/benchmarks.md, stop 19).
 WAL_CHECKPOINT_BYTES = 40 * 1024 * 1024
 
 
@@ -163,11 +166,6 @@ class Ledger:
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
             cur = dbapi_conn.cursor()
-            # Set before the first table of a new ledger (an existing one keeps its size). Intake
-            # writes a few KB of rows per invoice across a dozen B-trees: with 16 KB pages its ledger
-            # write took 57 us an invoice instead of 72 at SQLite's default 4 KB (docs/benchmarks.md,
-            # stop 19), in fewer, larger WAL frames.
-            cur.execute(f"PRAGMA page_size={PAGE_SIZE}")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
