@@ -19,8 +19,20 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+#: The level ``configure_logging`` set last (structlog's own default, before it is called, logs all).
+_LEVEL = logging.DEBUG
+
+
+def log_enabled(level: int) -> bool:
+    """Whether a log line at ``level`` is written. For hot paths: a call on a filtered level is already
+    a no-op, but reaching it through ``structlog.get_logger()``'s proxy builds a logger each time."""
+    return level >= _LEVEL
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Call once from the entry point. Logs go to stderr so stdout stays clean for ``--json``."""
+    global _LEVEL
+    _LEVEL = getattr(logging, level.upper())
     json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer(

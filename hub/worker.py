@@ -17,6 +17,7 @@ raises anything else is a permanent failure of that delivery, with its traceback
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -39,6 +40,7 @@ from hub.errors import AmendmentRejected, HubError, LedgerError, PermanentError,
 from hub.intake import Intake, Prepared
 from hub.ledger import Ledger, document_from_row, dumps, now
 from hub.ledger import schema as t
+from hub.logging import log_enabled
 from hub.models import Document, Event, Invoice, InvoiceStatus
 from hub.router import route_named
 
@@ -226,7 +228,7 @@ class Worker:
             keys = list(result.keys())
             rows = [
                 row
-                for row in (dict(zip(keys, r, strict=True)) for r in result)
+                for row in (dict(zip(keys, r, strict=True)) for r in result.all())
                 if row["destination"] == destination and row["state"] in (t.PENDING, t.RETRYING)
             ]
             if not rows:
@@ -243,7 +245,7 @@ class Worker:
                     self.ledger.among(d.c.identity, identities),
                     d.c.state.in_((*t.OPEN_STATES, t.DELIVERED)),
                 )
-            ):
+            ).all():
                 if r.state in (t.DELIVERED, t.INFLIGHT):
                     held.setdefault(r.identity, []).append((r.content_hash, r.idem_key, r.id))
                 if r.state in t.OPEN_STATES and r.id < first_open.get(r.identity, r.id + 1):
@@ -428,23 +430,27 @@ class Worker:
                 row["invoice"] = invoice
         if missing:
             v = t.invoice_versions
-            for version in conn.execute(
-                sa.select(
-                    v.c.id,
-                    v.c.invoice_json,
-                    v.c.identity,
-                    v.c.content_hash,
-                    v.c.kind,
-                    v.c.number,
-                    v.c.code,
-                    v.c.status,
-                    v.c.issue_date,
-                    v.c.gross,
-                    v.c.currency,
-                    v.c.seller_tax_id,
-                    v.c.buyer_tax_id,
-                ).where(self.ledger.among(v.c.id, list(missing)))
-            ).mappings():
+            for version in (
+                conn.execute(
+                    sa.select(
+                        v.c.id,
+                        v.c.invoice_json,
+                        v.c.identity,
+                        v.c.content_hash,
+                        v.c.kind,
+                        v.c.number,
+                        v.c.code,
+                        v.c.status,
+                        v.c.issue_date,
+                        v.c.gross,
+                        v.c.currency,
+                        v.c.seller_tax_id,
+                        v.c.buyer_tax_id,
+                    ).where(self.ledger.among(v.c.id, list(missing)))
+                )
+                .mappings()
+                .all()
+            ):
                 for row in missing[version["id"]]:
                     row["invoice_json"] = version["invoice_json"]
                     row["version"] = version
@@ -546,7 +552,12 @@ class Worker:
         except Exception as exc:  # the whole batch failed the same way
             results = [exc] * len(rows)
         outcomes = []
+        # A delivered request logs at info only: below that level its outcome needs no log context.
+        quiet = not log_enabled(logging.INFO)
         for row, result in zip(rows, results, strict=True):
+            if quiet and not isinstance(result, BaseException):
+                outcomes.append(self._judge(destination, row, started, result))
+                continue
             with self._context(destination, row):
                 outcomes.append(self._judge(destination, row, started, result))
         return outcomes
@@ -600,7 +611,8 @@ class Worker:
             )
         receipt = result if result is not None else Receipt()
         follow_up = [self.intake.prepare(item, destination) for item in receipt.outputs]
-        log.info("delivery_delivered", remote_ref=receipt.remote_ref, amends=row.get("amends"))
+        if log_enabled(logging.INFO):
+            log.info("delivery_delivered", remote_ref=receipt.remote_ref, amends=row.get("amends"))
         return Outcome(
             row["id"], t.DELIVERED, t.INFLIGHT, attempt, started, receipt=receipt, follow_up=follow_up
         )
