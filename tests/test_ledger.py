@@ -84,6 +84,28 @@ def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
         ledger.close()
 
 
+def test_a_ledger_of_schema_3_loses_the_indexes_no_query_reads(ledger_url: str) -> None:
+    """Migration 4 on a ledger made before it: the two indexes it had (events by document, deliveries by
+    event) are dropped, once; everything else stays."""
+    ledger = Ledger(ledger_url)
+    try:
+        with ledger.engine.begin() as conn:  # the ledger as schema 3 left it
+            conn.execute(sa.text("CREATE INDEX ix_events_document ON events (document_sha256)"))
+            conn.execute(sa.text("CREATE INDEX ix_deliveries_event ON deliveries (event_id)"))
+            conn.execute(sa.text("DELETE FROM schema_migrations WHERE version = 4"))
+        assert ledger.schema_version() == 3
+        assert ledger.migrate() == [4]
+        assert ledger.migrate() == []
+        with ledger.engine.connect() as conn:
+            events = {i["name"] for i in sa.inspect(conn).get_indexes("events")}
+            deliveries = {i["name"] for i in sa.inspect(conn).get_indexes("deliveries")}
+        assert "ix_events_document" not in events and "ix_events_identity" in events
+        assert "ix_deliveries_event" not in deliveries
+        assert {"ix_deliveries_idem", "ux_deliveries_claim", "ix_deliveries_dest_identity"} <= deliveries
+    finally:
+        ledger.close()
+
+
 def test_claim_index_allows_one_claimed_or_delivered_per_key(ledger_url: str) -> None:
     ledger = Ledger(ledger_url)
     at = now()
