@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from hub import ops
 from hub.config import load_config
 from hub.connectors import Incoming
 from hub.engine import Hub
@@ -84,14 +85,13 @@ def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
         ledger.close()
 
 
-def test_a_ledger_of_schema_3_loses_the_indexes_no_query_reads(ledger_url: str) -> None:
-    """Migration 4 on a ledger made before it: the two indexes it had (events by document, deliveries by
-    event) are dropped, once; everything else stays."""
+def test_a_ledger_of_schema_3_loses_the_index_no_query_reads(ledger_url: str) -> None:
+    """Migration 4 on a ledger made before it: its index of events by document is dropped, once;
+    everything else stays."""
     ledger = Ledger(ledger_url)
     try:
         with ledger.engine.begin() as conn:  # the ledger as schema 3 left it
             conn.execute(sa.text("CREATE INDEX ix_events_document ON events (document_sha256)"))
-            conn.execute(sa.text("CREATE INDEX ix_deliveries_event ON deliveries (event_id)"))
             conn.execute(sa.text("DELETE FROM schema_migrations WHERE version = 4"))
         assert ledger.schema_version() == 3
         assert ledger.migrate() == [4]
@@ -100,8 +100,7 @@ def test_a_ledger_of_schema_3_loses_the_indexes_no_query_reads(ledger_url: str) 
             events = {i["name"] for i in sa.inspect(conn).get_indexes("events")}
             deliveries = {i["name"] for i in sa.inspect(conn).get_indexes("deliveries")}
         assert "ix_events_document" not in events and "ix_events_identity" in events
-        assert "ix_deliveries_event" not in deliveries
-        assert {"ix_deliveries_idem", "ux_deliveries_claim", "ix_deliveries_dest_identity"} <= deliveries
+        assert {"ix_deliveries_event", "ix_deliveries_idem", "ux_deliveries_claim"} <= deliveries
     finally:
         ledger.close()
 
@@ -310,5 +309,51 @@ def test_hot_statements_find_deliveries_by_key_never_by_walking_a_state(tmp_path
             ]
             bad += [p for p in plan if p.endswith("ix_deliveries_dest_identity (destination=?)")]
             assert not bad, f"{statement}\n{plan}"
+    finally:
+        raw.close()
+
+
+def test_trace_by_number_or_hash_prefix_reads_by_index_never_a_whole_table(tmp_path: Path) -> None:
+    """`hub trace` on a grown ledger: by an invoice number (20 digits, which also look like a hash
+    prefix) and by a hash prefix, every statement on versions, events and deliveries finds its rows
+    through an index. A hash prefix asked with LIKE, and deliveries asked by identity, had read those
+    tables whole."""
+    db = tmp_path / "ledger.db"
+    hub = Hub(load_config(hub_config(tmp_path, f"sqlite:///{db}")))
+    seen: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+        seen.append((statement, parameters))
+
+    try:
+        hub.ingest(docs(range(20)), "manual")
+        with hub.ledger.engine.connect() as conn:
+            number, identity, chash = conn.execute(
+                sa.select(
+                    t.invoice_versions.c.number,
+                    t.invoice_versions.c.identity,
+                    t.invoice_versions.c.content_hash,
+                ).limit(1)
+            ).one()
+        sa.event.listen(hub.ledger.engine, "before_cursor_execute", grab)
+        by_number = ops.trace(hub.ledger, number)
+        by_hash = ops.trace(hub.ledger, chash[:12])
+        sa.event.remove(hub.ledger.engine, "before_cursor_execute", grab)
+    finally:
+        hub.close()
+    for story in (by_number, by_hash):
+        assert story["identities"] == [identity]
+        assert [v["content_hash"] for v in story["versions"]] == [chash]
+        assert len(story["deliveries"]) == 1 and story["deliveries"][0]["destination"] == "sink"
+    raw = sqlite3.connect(db)
+    try:
+        for statement, parameters in seen:
+            plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            whole = [
+                p
+                for p in plan
+                if p.startswith(("SCAN invoice_versions", "SCAN events", "SCAN deliveries", "SCAN delivery_"))
+            ]
+            assert not whole, f"{statement}\n{plan}"
     finally:
         raw.close()
