@@ -552,10 +552,15 @@ class Worker:
         except Exception as exc:  # the whole batch failed the same way
             results = [exc] * len(rows)
         outcomes = []
-        # A delivered request logs at info only: below that level its outcome needs no log context.
+        # A delivered request logs at info only: below that level its outcome needs no log context,
+        # unless its receipt hands back documents to take in (their intake may warn).
         quiet = not log_enabled(logging.INFO)
         for row, result in zip(rows, results, strict=True):
-            if quiet and not isinstance(result, BaseException):
+            if (
+                quiet
+                and not isinstance(result, BaseException)
+                and not (result is not None and result.outputs)
+            ):
                 outcomes.append(self._judge(destination, row, started, result))
                 continue
             with self._context(destination, row):
