@@ -21,12 +21,20 @@ from pathlib import Path
 
 import orjson
 
+from hub.config import WorkerConfig
 from hub.factory import invoice_data
+
+#: hub.yaml's defaults, as ``worker`` declares them.
+DEFAULTS = WorkerConfig()
 
 SETTINGS = [
     ("batches of 200 items, no byte cap (before stop 18)", 200, 1_000_000_000),
     ("batches of 500 items, no byte cap", 500, 1_000_000_000),
-    ("batches of 500 items or 4 MiB (the defaults)", 500, 4 * 1024 * 1024),
+    (
+        f"batches of {DEFAULTS.batch_size} items or {DEFAULTS.batch_bytes // 2**20} MiB (the defaults)",
+        DEFAULTS.batch_size,
+        DEFAULTS.batch_bytes,
+    ),
 ]
 
 
