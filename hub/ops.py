@@ -500,14 +500,21 @@ def _replay_one(
     at = now()
     if row["stage"] == "delivery" and edited is None:
         with ledger.begin() as conn:
-            delivered = conn.execute(
-                sa.select(d.c.id).where(
-                    d.c.destination == row["destination"],
-                    d.c.idem_key
-                    == sa.select(d.c.idem_key).where(d.c.id == row["delivery_id"]).scalar_subquery(),
-                    d.c.state == t.DELIVERED,
-                )
-            ).scalar()
+            lost = conn.execute(
+                sa.select(d.c.identity, d.c.idem_key).where(d.c.id == row["delivery_id"])
+            ).first()
+            delivered = (
+                None
+                if lost is None
+                else conn.execute(
+                    sa.select(d.c.id).where(  # by ix_deliveries_dest_identity
+                        d.c.destination == row["destination"],
+                        d.c.identity == lost.identity,
+                        d.c.idem_key == lost.idem_key,
+                        d.c.state == t.DELIVERED,
+                    )
+                ).scalar()
+            )
             if delivered and not force:
                 if not dry_run:
                     conn.execute(

@@ -640,6 +640,7 @@ def _repair(hub: Hub, gaps: Sequence[Gap], actor: str) -> tuple[int, dict[str, l
             live = conn.execute(
                 sa.select(d.c.id, d.c.state).where(
                     d.c.destination == gap.missing_at,
+                    d.c.identity == gap.identity,  # by ix_deliveries_dest_identity
                     d.c.idem_key == key,
                     d.c.state.in_((t.PENDING, t.INFLIGHT, t.RETRYING, t.DELIVERED)),
                 )

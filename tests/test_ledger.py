@@ -69,7 +69,8 @@ def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
         with ledger.engine.connect() as conn:
             names = set(sa.inspect(conn).get_table_names())
             indexes = {i["name"] for i in sa.inspect(conn).get_indexes("deliveries")}
-        assert {"ix_deliveries_idem", "ux_deliveries_claim", "ix_deliveries_state"} <= indexes
+        assert {"ix_deliveries_dest_identity", "ux_deliveries_claim", "ix_deliveries_state"} <= indexes
+        assert "ix_deliveries_idem" not in indexes  # migration 5
         assert {
             "documents",
             "invoice_versions",
@@ -85,22 +86,24 @@ def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
         ledger.close()
 
 
-def test_a_ledger_of_schema_3_loses_the_index_no_query_reads(ledger_url: str) -> None:
-    """Migration 4 on a ledger made before it: its index of events by document is dropped, once;
-    everything else stays."""
+def test_a_ledger_of_schema_3_loses_the_indexes_no_query_reads(ledger_url: str) -> None:
+    """Migrations 4 and 5 on a ledger made before them: its index of events by document and its index
+    of deliveries by key are dropped, once; everything else stays."""
     ledger = Ledger(ledger_url)
     try:
         with ledger.engine.begin() as conn:  # the ledger as schema 3 left it
             conn.execute(sa.text("CREATE INDEX ix_events_document ON events (document_sha256)"))
-            conn.execute(sa.text("DELETE FROM schema_migrations WHERE version = 4"))
+            conn.execute(sa.text("CREATE INDEX ix_deliveries_idem ON deliveries (idem_key, destination)"))
+            conn.execute(sa.text("DELETE FROM schema_migrations WHERE version IN (4, 5)"))
         assert ledger.schema_version() == 3
-        assert ledger.migrate() == [4]
+        assert ledger.migrate() == [4, 5]
         assert ledger.migrate() == []
         with ledger.engine.connect() as conn:
             events = {i["name"] for i in sa.inspect(conn).get_indexes("events")}
             deliveries = {i["name"] for i in sa.inspect(conn).get_indexes("deliveries")}
         assert "ix_events_document" not in events and "ix_events_identity" in events
-        assert {"ix_deliveries_event", "ix_deliveries_idem", "ux_deliveries_claim"} <= deliveries
+        assert "ix_deliveries_idem" not in deliveries
+        assert {"ix_deliveries_event", "ix_deliveries_dest_identity", "ux_deliveries_claim"} <= deliveries
     finally:
         ledger.close()
 
@@ -355,5 +358,51 @@ def test_trace_by_number_or_hash_prefix_reads_by_index_never_a_whole_table(tmp_p
                 if p.startswith(("SCAN invoice_versions", "SCAN events", "SCAN deliveries", "SCAN delivery_"))
             ]
             assert not whole, f"{statement}\n{plan}"
+    finally:
+        raw.close()
+
+
+def test_intake_of_known_invoices_finds_their_deliveries_by_index(tmp_path: Path) -> None:
+    """Intake asks which of a batch's keys are already live at a destination only for identities it
+    has seen before, by destination and identity: the same invoices again are skipped duplicates of
+    their first deliveries, a changed one is an amendment, and no statement reads a table whole."""
+    db = tmp_path / "ledger.db"
+    hub = Hub(load_config(hub_config(tmp_path, f"sqlite:///{db}")))
+    seen: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+        if not many:
+            seen.append((statement, parameters))
+
+    try:
+        hub.ingest(docs(range(30)), "manual")
+        with hub.ledger.engine.connect() as conn:
+            first = {
+                r.identity: r.id for r in conn.execute(sa.select(t.deliveries.c.identity, t.deliveries.c.id))
+            }
+        sa.event.listen(hub.ledger.engine, "before_cursor_execute", grab)
+        again = hub.ingest(docs(range(20, 40)), "manual")  # 10 seen before, 10 new
+        sa.event.remove(hub.ledger.engine, "before_cursor_execute", grab)
+        with hub.ledger.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.deliveries.c.identity, t.deliveries.c.state, t.deliveries.c.duplicate_of).where(
+                    t.deliveries.c.id > max(first.values())
+                )
+            ).all()
+    finally:
+        hub.close()
+    assert sum(o.duplicates for o in again) == 10
+    skipped = {r.identity: r.duplicate_of for r in rows if r.state == t.SKIPPED}
+    assert skipped == {identity: first[identity] for identity in skipped} and len(skipped) == 10
+    assert sum(1 for r in rows if r.state == t.PENDING) == 10
+    raw = sqlite3.connect(db)
+    try:
+        lookups = [s for s, _ in seen if "FROM deliveries" in s]
+        assert lookups, "intake did not look up the known identities' deliveries"
+        for statement, parameters in seen:
+            plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            assert not [p for p in plan if p.startswith(("SCAN deliveries", "SCAN invoice_versions"))], (
+                f"{statement}\n{plan}"
+            )
     finally:
         raw.close()

@@ -320,10 +320,19 @@ def _v4_drop_unread_index(conn: Connection) -> None:
     conn.execute(text("DROP INDEX IF EXISTS ix_events_document"))
 
 
+def _v5_no_index_by_key(conn: Connection) -> None:
+    # Intake finds the deliveries that may already hold a batch's keys by destination and identity
+    # (ix_deliveries_dest_identity) and only for identities it had seen before; replay and reconcile
+    # ask by identity too. This index of random keys then served no query, yet each delivery wrote a
+    # page of it of its own once the ledger had grown.
+    conn.execute(text("DROP INDEX IF EXISTS ix_deliveries_idem"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], Any]]] = [
     (1, "initial ledger", _v1_initial),
     (2, "index documents by parent", _v2_document_children),
     (3, "index deliveries by idempotency key", _v3_deliveries_by_key),
     (4, "drop the index no query reads", _v4_drop_unread_index),
+    (5, "find deliveries by identity, not by key", _v5_no_index_by_key),
 ]
 LATEST = MIGRATIONS[-1][0]
