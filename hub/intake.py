@@ -459,6 +459,7 @@ class Intake:
                     "content_hash": content_hash(inv) if inv else None,
                     "invoice_json": inv.model_dump_json() if inv else None,
                     "document_sha256": failure.document.sha256 if failure.document else None,
+                    "number": inv.number if inv else None,
                     "error_class": type(error).__name__,
                     "message": str(error),
                     "traceback": "".join(traceback.format_exception(error)),

@@ -748,9 +748,11 @@ class Worker:
                 .values(state=t.DEAD, updated_at=at, last_error=_describe(error))
             )
         event = conn.execute(sa.select(t.events).where(t.events.c.id == row["event_id"])).mappings().one()
-        version = conn.execute(
-            sa.select(t.invoice_versions.c.invoice_json).where(t.invoice_versions.c.id == event["version_id"])
-        ).scalar_one()
+        version, number = conn.execute(
+            sa.select(t.invoice_versions.c.invoice_json, t.invoice_versions.c.number).where(
+                t.invoice_versions.c.id == event["version_id"]
+            )
+        ).one()
         context = dict(getattr(error, "context", {}) or {})
         if detail:
             context["reason"] = detail
@@ -771,6 +773,7 @@ class Worker:
             "content_hash": row["content_hash"],
             "event_id": row["event_id"],
             "invoice_json": version,
+            "number": number,
             "document_sha256": event["document_sha256"],
             "error_class": type(error).__name__,
             "message": str(error) or type(error).__name__,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -94,9 +95,9 @@ def test_a_ledger_of_schema_3_loses_the_indexes_no_query_reads(ledger_url: str) 
         with ledger.engine.begin() as conn:  # the ledger as schema 3 left it
             conn.execute(sa.text("CREATE INDEX ix_events_document ON events (document_sha256)"))
             conn.execute(sa.text("CREATE INDEX ix_deliveries_idem ON deliveries (idem_key, destination)"))
-            conn.execute(sa.text("DELETE FROM schema_migrations WHERE version IN (4, 5)"))
+            conn.execute(sa.text("DELETE FROM schema_migrations WHERE version > 3"))
         assert ledger.schema_version() == 3
-        assert ledger.migrate() == [4, 5]
+        assert ledger.migrate() == [4, 5, 6]
         assert ledger.migrate() == []
         with ledger.engine.connect() as conn:
             events = {i["name"] for i in sa.inspect(conn).get_indexes("events")}
@@ -104,6 +105,56 @@ def test_a_ledger_of_schema_3_loses_the_indexes_no_query_reads(ledger_url: str) 
         assert "ix_events_document" not in events and "ix_events_identity" in events
         assert "ix_deliveries_idem" not in deliveries
         assert {"ix_deliveries_event", "ix_deliveries_dest_identity", "ux_deliveries_claim"} <= deliveries
+    finally:
+        ledger.close()
+
+
+def test_a_ledger_of_schema_5_finds_its_dead_letters_by_number(ledger_url: str) -> None:
+    """Migration 6 on a ledger made before it: the dead letters get a number column, filled from the
+    invoice JSON they hold, and indexes by identity, number and hash; a trace by number finds a letter
+    written before the migration."""
+    ledger = Ledger(ledger_url)
+    at = now()
+    letter = {
+        "stage": "intake",
+        "source": "manual",
+        "identity": None,
+        "invoice_json": None,
+        "document_sha256": None,
+        "error_class": "ValidationFailed",
+        "message": "seller.tax_id: bad checksum",
+        "attempts": 0,
+        "state": "open",
+        "created_at": at,
+        "updated_at": at,
+    }
+    try:
+        with ledger.engine.begin() as conn:  # the ledger as schema 5 left it
+            for name in ("ix_dead_letters_identity", "ix_dead_letters_number", "ix_dead_letters_hash"):
+                conn.execute(sa.text(f"DROP INDEX {name}"))
+            conn.execute(sa.text("DELETE FROM schema_migrations WHERE version = 6"))
+            conn.execute(
+                t.dead_letters.insert(),
+                [
+                    {
+                        **letter,
+                        "identity": "CN:25310000000000000077",
+                        "invoice_json": '{"number": "25310000000000000077"}',
+                    },
+                    {**letter, "invoice_json": "[1, 2]"},
+                    {**letter, "document_sha256": "ab" * 32},
+                ],
+            )
+        assert ledger.schema_version() == 5
+        assert ledger.migrate() == [6]
+        assert ledger.migrate() == []
+        with ledger.engine.connect() as conn:
+            numbers = conn.execute(sa.select(t.dead_letters.c.number).order_by(t.dead_letters.c.id)).scalars()
+            assert list(numbers) == ["25310000000000000077", None, None]
+            indexes = {i["name"] for i in sa.inspect(conn).get_indexes("dead_letters")}
+        assert {"ix_dead_letters_identity", "ix_dead_letters_number", "ix_dead_letters_hash"} <= indexes
+        story = ops.trace(ledger, "25310000000000000077")
+        assert [x["message"] for x in story["dead_letters"]] == ["seller.tax_id: bad checksum"]
     finally:
         ledger.close()
 
@@ -328,8 +379,22 @@ def test_trace_by_number_or_hash_prefix_reads_by_index_never_a_whole_table(tmp_p
     def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
         seen.append((statement, parameters))
 
+    bad = orjson.loads(invoice_json(99))
+    bad["seller"]["tax_id"] = bad["seller"]["tax_id"][:-1] + (
+        "0" if bad["seller"]["tax_id"][-1] != "0" else "1"
+    )
+    letters = [
+        Incoming(
+            documents=[Document(content=orjson.dumps(bad), media_type="application/json", source="manual")],
+            key="bad",
+        ),
+        Incoming(
+            documents=[Document(content=b"not an invoice", media_type="text/plain", source="manual")],
+            key="junk",
+        ),
+    ]
     try:
-        hub.ingest(docs(range(20)), "manual")
+        hub.ingest(docs(range(20)) + letters, "manual")
         with hub.ledger.engine.connect() as conn:
             number, identity, chash = conn.execute(
                 sa.select(
@@ -341,6 +406,8 @@ def test_trace_by_number_or_hash_prefix_reads_by_index_never_a_whole_table(tmp_p
         sa.event.listen(hub.ledger.engine, "before_cursor_execute", grab)
         by_number = ops.trace(hub.ledger, number)
         by_hash = ops.trace(hub.ledger, chash[:12])
+        dead_by_number = ops.trace(hub.ledger, bad["number"])  # a letter with no version
+        dead_by_document = ops.trace(hub.ledger, Document(content=b"not an invoice").sha256[:10])
         sa.event.remove(hub.ledger.engine, "before_cursor_execute", grab)
     finally:
         hub.close()
@@ -348,6 +415,12 @@ def test_trace_by_number_or_hash_prefix_reads_by_index_never_a_whole_table(tmp_p
         assert story["identities"] == [identity]
         assert [v["content_hash"] for v in story["versions"]] == [chash]
         assert len(story["deliveries"]) == 1 and story["deliveries"][0]["destination"] == "sink"
+        assert story["dead_letters"] == []
+    [letter] = dead_by_number["dead_letters"]
+    assert letter["identity"] == f"CN:{bad['number']}" and letter["error_class"] == "InvoiceInvalid"
+    assert dead_by_number["versions"] == [] and dead_by_number["identities"] == [letter["identity"]]
+    [letter] = dead_by_document["dead_letters"]
+    assert letter["identity"] is None and letter["stage"] == "intake"
     raw = sqlite3.connect(db)
     try:
         for statement, parameters in seen:
@@ -355,7 +428,15 @@ def test_trace_by_number_or_hash_prefix_reads_by_index_never_a_whole_table(tmp_p
             whole = [
                 p
                 for p in plan
-                if p.startswith(("SCAN invoice_versions", "SCAN events", "SCAN deliveries", "SCAN delivery_"))
+                if p.startswith(
+                    (
+                        "SCAN invoice_versions",
+                        "SCAN events",
+                        "SCAN deliveries",
+                        "SCAN delivery_",
+                        "SCAN dead_",
+                    )
+                )
             ]
             assert not whole, f"{statement}\n{plan}"
     finally:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Connection, Dialect
@@ -246,6 +248,7 @@ dead_letters = Table(
     Column("event_id", String(32)),
     Column("invoice_json", Text),
     Column("document_sha256", String(64)),
+    Column("number", String(100)),  # the invoice's number, when the letter holds an invoice (v6)
     Column("error_class", String(200), nullable=False),
     Column("message", Text, nullable=False),
     Column("traceback", Text),
@@ -328,11 +331,40 @@ def _v5_no_index_by_key(conn: Connection) -> None:
     conn.execute(text("DROP INDEX IF EXISTS ix_deliveries_idem"))
 
 
+def _v6_dead_letters_by_number(conn: Connection) -> None:
+    # `hub trace` found a letter by its invoice's number with ``invoice_json LIKE '%"number":"…"%'``,
+    # and by a hash prefix with LIKE: every trace read the whole dead-letter table, which an incident
+    # fills. The number gets a column (filled here from the letters' JSON), and identity, number and
+    # content hash get indexes; a prefix of a hash is asked as a range.
+    if "number" not in {c["name"] for c in inspect(conn).get_columns("dead_letters")}:
+        conn.execute(text("ALTER TABLE dead_letters ADD COLUMN number VARCHAR(100)"))
+    letters = conn.execute(
+        text("SELECT id, invoice_json FROM dead_letters WHERE invoice_json IS NOT NULL AND number IS NULL")
+    ).all()
+    numbers = []
+    for letter_id, invoice_json in letters:
+        try:
+            number = orjson.loads(invoice_json).get("number")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue  # not an invoice's JSON: the letter keeps no number, as before
+        if isinstance(number, str):
+            numbers.append({"id": letter_id, "number": number[:100]})
+    if numbers:
+        conn.execute(text("UPDATE dead_letters SET number = :number WHERE id = :id"), numbers)
+    for name, column in (
+        ("ix_dead_letters_identity", "identity"),
+        ("ix_dead_letters_number", "number"),
+        ("ix_dead_letters_hash", "content_hash"),
+    ):
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON dead_letters ({column})"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], Any]]] = [
     (1, "initial ledger", _v1_initial),
     (2, "index documents by parent", _v2_document_children),
     (3, "index deliveries by idempotency key", _v3_deliveries_by_key),
     (4, "drop the index no query reads", _v4_drop_unread_index),
     (5, "find deliveries by identity, not by key", _v5_no_index_by_key),
+    (6, "find dead letters by number, identity and hash", _v6_dead_letters_by_number),
 ]
 LATEST = MIGRATIONS[-1][0]
