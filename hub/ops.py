@@ -89,24 +89,25 @@ def trace(ledger: Ledger, query: str) -> dict[str, Any]:
     v, d, e, dl = t.invoice_versions, t.deliveries, t.events, t.dead_letters
     q = query.strip()
     with ledger.engine.connect() as conn:
-        cond = sa.or_(v.c.number == q, v.c.identity == q)
-        if re.fullmatch(r"[0-9a-f]{8,64}", q):
+        hex_prefix = re.fullmatch(r"[0-9a-f]{8,64}", q) is not None
+
+        def starts_with_q(column: Any) -> Any:
             # A prefix as a range ("g" sorts after every hex digit): ``LIKE 'q%'`` is case-insensitive
             # on SQLite, reads no index, and made every trace by invoice number (20 digits look like
             # hex) read the whole table.
-            cond = sa.or_(cond, sa.and_(v.c.content_hash >= q, v.c.content_hash < q + "g"))
+            return sa.and_(column >= q, column < q + "g")
+
+        cond = sa.or_(v.c.number == q, v.c.identity == q)
+        if hex_prefix:
+            cond = sa.or_(cond, starts_with_q(v.c.content_hash))
         versions = [dict(r) for r in conn.execute(sa.select(v).where(cond).order_by(v.c.id)).mappings()]
         identities = sorted({r["identity"] for r in versions})
         # Each term by an index of its own (migration 6): a trace never reads the dead letters whole.
         dl_cond = sa.or_(dl.c.identity == q, dl.c.number == q)
         if identities:
             dl_cond = sa.or_(dl_cond, dl.c.identity.in_(identities))
-        if re.fullmatch(r"[0-9a-f]{8,64}", q):
-            dl_cond = sa.or_(
-                dl_cond,
-                sa.and_(dl.c.content_hash >= q, dl.c.content_hash < q + "g"),
-                sa.and_(dl.c.document_sha256 >= q, dl.c.document_sha256 < q + "g"),
-            )
+        if hex_prefix:
+            dl_cond = sa.or_(dl_cond, starts_with_q(dl.c.content_hash), starts_with_q(dl.c.document_sha256))
         letters = [dict(r) for r in conn.execute(sa.select(dl).where(dl_cond).order_by(dl.c.id)).mappings()]
         identities = sorted(set(identities) | {r["identity"] for r in letters if r["identity"]})
         if not versions and not letters:
