@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum.cn import uscc
 
-from hub.canonical import canonical_dict, content_hash
+from hub.canonical import canonical_bytes, canonical_dict, content_hash
 from hub.models import Invoice, InvoiceKind, InvoiceStatus, read_date
 
 FULLWIDTH = str.maketrans(
@@ -184,6 +187,28 @@ def test_any_business_change_gives_another_hash(data: dict[str, Any], what: str)
     original = Invoice.model_validate(data)
     changed = Invoice.model_validate(mutate(data, what))
     assert content_hash(changed) != content_hash(original), what
+
+
+GOLDEN = json.loads(
+    (Path(__file__).parent / "fixtures" / "canonical_golden.json").read_text(encoding="utf-8")
+)
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_content_hashes_stay_what_ledgers_already_hold(case: str) -> None:
+    """Ledgers store these hashes: a change of canonical form must bump ``CANONICAL_VERSION``, never
+    move a hash silently. The cases cover every field the canonical form reads (line allowances and
+    charges, totals with prepaid and payable, red-letter, legacy code, CJK gaps, exponents, -0)."""
+    invoice = Invoice.model_validate(GOLDEN[case]["invoice"])
+    assert content_hash(invoice) == GOLDEN[case]["content_hash"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(invoices())
+def test_canonical_bytes_are_sorted_compact_json(data: dict[str, Any]) -> None:
+    """The canonical bytes are orjson's compact form with every object's keys sorted."""
+    raw = canonical_bytes(Invoice.model_validate(data))
+    assert raw == orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
 
 
 def test_canonical_numbers_are_plain_strings_without_trailing_zeros() -> None:
