@@ -61,6 +61,24 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cores() -> int:
+    """The cores this process may run on (what the end-to-end runs share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_ceiling(run: dict[str, Any]) -> int:
+    """The most invoices a second ``run``'s CPU per invoice allows on this machine's cores, were they
+    all busy with it all the time: the end-to-end rate can come near it, never pass it."""
+    return round(1e6 * cores() / float(run["cpu_us"] + run["other_cpu_us"]))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Measurements (each runs inside a child process)
 # ---------------------------------------------------------------------------------------------------
@@ -180,6 +198,9 @@ def measure_e2e(
         )
         # The generator builds its pool of invoices before the clock, as the baseline does.
         next(iter(hub.sources["gen"].poll(None)), None)
+        # CPU of this process and of the processes it waits for (the intake helper, or the worker
+        # processes), from here until the hub has closed: what the run cost, wherever it ran.
+        cpu0, others0 = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         if processes:
             supervisor = Supervisor(cfg, processes, data_dir=hub.data_dir)
@@ -188,6 +209,9 @@ def measure_e2e(
             summary = hub.run(until_idle=True)
         elapsed = time.perf_counter() - t0
         hub.close()
+        cpu = _cpu_seconds(resource.RUSAGE_SELF) - cpu0
+        others = _cpu_seconds(resource.RUSAGE_CHILDREN) - others0
+    per_invoice = 1e6 / max(1, summary["delivered"])
     return {
         "count": count,
         "sink": sink,
@@ -205,6 +229,10 @@ def measure_e2e(
         "seconds": round(elapsed, 2),
         "per_second": round(summary["delivered"] / elapsed),
         "peak_mb": round(_peak_mb(), 1),
+        #: CPU (user + system) per invoice: this process's, and that of the intake helper or the worker
+        #: processes
+        "cpu_us": round(cpu * per_invoice, 1),
+        "other_cpu_us": round(others * per_invoice, 1),
     }
 
 

@@ -843,7 +843,14 @@ cli.add_command(new_plugin)
 @json_option
 def bench(count: int, repeat: int, threads: int | None, batch_size: int | None, as_json: bool) -> None:
     """Measure the embedded default on this machine beside a bare baseline (see hub/bench.py)."""
-    from hub.bench import TARGET_ARCHIVE_PER_S, TARGET_RECORDING_PER_S, TARGET_VALIDATE_US, run_bench
+    from hub.bench import (
+        TARGET_ARCHIVE_PER_S,
+        TARGET_RECORDING_PER_S,
+        TARGET_VALIDATE_US,
+        cores,
+        cpu_ceiling,
+        run_bench,
+    )
 
     results = run_bench(
         count,
@@ -887,6 +894,12 @@ def bench(count: int, repeat: int, threads: int | None, batch_size: int | None, 
     def helper(r: dict[str, Any]) -> str:
         return f" + helper {r['helper_peak_mb']} MB" if r.get("helper_peak_mb") else ""
 
+    def cpu_line(r: dict[str, Any], other: str) -> str:
+        return (
+            f"    CPU an invoice      {r['cpu_us'] + r['other_cpu_us']:>8.1f} µs   (hub {r['cpu_us']} + "
+            f"{other} {r['other_cpu_us']}; on {cores()} cores, at most {cpu_ceiling(r)} invoices/s)"
+        )
+
     def runs(r: dict[str, Any]) -> str:
         if len(r.get("runs", [])) < 2:
             return ""
@@ -898,6 +911,7 @@ def bench(count: int, repeat: int, threads: int | None, batch_size: int | None, 
         f"peak {rec['peak_mb']} MB{helper(rec)}; target ≥ {TARGET_RECORDING_PER_S:,}/s: "
         f"{verdict(rec['per_second'] >= TARGET_RECORDING_PER_S)})"
     )
+    click.echo(cpu_line(rec, "helper"))
     click.echo(
         f"  same, twice the count   {rec2['per_second']:>8} invoices/s  "
         f"({rec2['count']} in {rec2['seconds']} s, "
@@ -909,6 +923,7 @@ def bench(count: int, repeat: int, threads: int | None, batch_size: int | None, 
         f"peak {arc['peak_mb']} MB{helper(arc)}; target ≥ {TARGET_ARCHIVE_PER_S:,}/s: "
         f"{verdict(arc['per_second'] >= TARGET_ARCHIVE_PER_S)})"
     )
+    click.echo(cpu_line(arc, "helper"))
     af = results["archive_floor"]
     click.echo(
         f"  archive files alone     {af['total_us']:>8} µs   (os calls, no hub: a shard folder, two new "
@@ -926,6 +941,7 @@ def bench(count: int, repeat: int, threads: int | None, batch_size: int | None, 
             f"  {label:<23} {r['per_second']:>8} invoices/s  ({r['count']} in {r['seconds']} s, "
             f"peak {r['peak_mb']} MB + largest worker process {r['worker_peak_mb']} MB)"
         )
+        click.echo(cpu_line(r, "worker processes"))
     click.echo(
         f"bare baseline (validate → orjson → SHA-256 → SQLite WAL ×100 → kombu memory://): "
         f"{base['per_second']} invoices/s ({runs(base)}peak {base['peak_mb']} MB)"

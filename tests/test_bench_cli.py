@@ -44,6 +44,10 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
     for name in ("e2e_recording", "e2e_archive", "e2e_recording_process", "e2e_archive_process"):
         assert out[name]["delivered"] == 120, (name, out[name])
         assert out[name]["per_second"] > 0
+        # CPU per invoice of the hub's process, and of the worker processes it waited for (with batches
+        # of 40, below the helper's minimum, the helper records nothing here)
+        assert out[name]["cpu_us"] > 0, (name, out[name])
+        assert out[name]["other_cpu_us"] > 0 or not out[name]["processes"], (name, out[name])
     assert out["worker_processes"] >= 2  # one per core, at least two
     assert out["e2e_archive_process"]["processes"] == out["worker_processes"]
     assert out["e2e_recording_double"]["delivered"] == 240
@@ -76,6 +80,10 @@ def test_bench_prints_every_figure_with_its_target(tmp_path: Path) -> None:
         "to archive.fs (fsync)",
         "target ≥ 2,000/s: ",
         "archive files alone",
+        "CPU an invoice",  # under each end-to-end figure, with the rate that CPU allows on these cores
+        "+ helper ",
+        "+ worker processes ",
+        "invoices/s)",
         "worker process",
         "bare baseline",
         "hub / baseline:",
