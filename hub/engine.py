@@ -210,8 +210,7 @@ class Hub:
 
     def ingest(self, items: Sequence[Incoming], source: str) -> list[IntakeOutcome]:
         """Parse, validate and record ``items`` in one transaction, then publish their deliveries."""
-        prepared = [self.intake.prepare(item, source) for item in items]
-        return self.record(prepared)
+        return self.record(self.intake.prepare_many(items, source))
 
     def record(self, prepared: Sequence[Prepared]) -> list[IntakeOutcome]:
         written = record_batch(self.ledger, self.intake, prepared)
@@ -435,8 +434,7 @@ class Hub:
 
     def _intake_batch(self, name: str, source: Source, batch: list[Incoming]) -> None:
         """Prepare and record ``batch`` in this thread, then commit its items to the source."""
-        prepared = [self.intake.prepare(item, name) for item in batch]
-        self._commit_items(name, source, batch, self.record(prepared))
+        self._commit_items(name, source, batch, self.record(self.intake.prepare_many(batch, name)))
 
     @staticmethod
     def _commit_items(

@@ -140,12 +140,13 @@ def _record(source: str, seq: int, after: int | None, items: list[_Item]) -> _Re
             # connections and has its writer lock closed): its own connections, its own writer lock.
             _LEDGER = Ledger(_LEDGER_URL, migrate=False)
             _INTAKE.ledger = _LEDGER
-        prepared = [
-            _INTAKE.prepare(
-                Incoming(documents=[_document(d) for d in docs], key=key, checkpoint=checkpoint), source
-            )
-            for docs, key, checkpoint in items
-        ]
+        prepared = _INTAKE.prepare_many(
+            [
+                Incoming(documents=[_document(d) for d in docs], key=key, checkpoint=checkpoint)
+                for docs, key, checkpoint in items
+            ],
+            source,
+        )
         written = record_batch(_LEDGER, _INTAKE, prepared)
     except Exception as exc:  # goes back to the source's thread, which logs it and reads the batch again
         return ("error", (type(exc).__name__, str(exc)))
