@@ -364,7 +364,10 @@ class Ledger:
         (``ON CONFLICT DO NOTHING``, the same words on SQLite and PostgreSQL: no query first)."""
         if not docs:
             return
-        unique = {d.sha256: d for d in docs}
+        # The first of a batch's documents with the same bytes is kept, as a later batch's would be.
+        unique: dict[str, Document] = {}
+        for d in docs:
+            unique.setdefault(d.sha256, d)
         rows = [
             {
                 "sha256": sha,
