@@ -537,6 +537,7 @@ class Archive:
         # A step at a time across the batch, as intake does (docs/benchmarks.md, stop 21): every
         # request's invoice first (each validated from the ledger's JSON on first use), then the files.
         keys: list[str | None] = [None] * len(requests)
+        todo: list[tuple[int, DeliveryRequest, str]] = []
         for i, request in enumerate(requests):
             try:
                 event = request.event
@@ -554,8 +555,21 @@ class Archive:
                 elif self.store.exists(rkey):
                     results[i] = self._receipt(self.read_record(rkey))
                 else:
-                    staged.append((i, self._store_originals(request, rkey, load_document, stage=True)))
+                    todo.append((i, request, rkey))
             except HubError as exc:
+                results[i] = exc
+        planned = []
+        for i, request, rkey in todo:  # hashes and entries: Python alone
+            try:
+                planned.append((i, *self._plan_originals(request, rkey, load_document)))
+            except HubError as exc:
+                results[i] = exc
+        for i, item, originals in planned:  # then the files
+            try:
+                self._stage_originals(item, originals)
+                staged.append((i, item))
+            except HubError as exc:
+                self._discard(item)
                 results[i] = exc
         if staged:
             self.store.barrier()
@@ -622,10 +636,24 @@ class Archive:
         *,
         stage: bool,
     ) -> _Staged:
+        staged, originals = self._plan_originals(request, rkey, load)
+        if stage:
+            self._stage_originals(staged, originals)
+        else:
+            for okey, content in originals:
+                self._put(okey, content, retain_until=staged.retain, content_addressed=True)
+        return staged
+
+    def _plan_originals(
+        self, request: DeliveryRequest, rkey: str, load: Callable[[str], Document | None] | None
+    ) -> tuple[_Staged, list[tuple[str, bytes]]]:
+        """The version's entries (hashes and provenance of each original) and the originals to store
+        under their keys: no file touched yet."""
         now = _now()
         retain = self.retain_until(now)
         entries: list[dict[str, Any]] = []
         staged = _Staged(request, rkey, entries, now, retain)
+        originals: list[tuple[str, bytes]] = []
         seen: set[str] = set()
         for doc in self._documents(request, load):
             digest = doc.sha256
@@ -633,11 +661,7 @@ class Archive:
                 continue
             seen.add(digest)
             okey = object_key(digest)
-            if stage:
-                handle = self.store.stage(okey, self.sealer.seal(okey, doc.content), retain_until=retain)
-                staged.objects.append((okey, handle, doc.content))
-            else:
-                self._put(okey, doc.content, retain_until=retain, content_addressed=True)
+            originals.append((okey, doc.content))
             entries.append(
                 {
                     "sha256": digest,
@@ -653,7 +677,12 @@ class Archive:
                     "key_id": self.sealer.active,
                 }
             )
-        return staged
+        return staged, originals
+
+    def _stage_originals(self, staged: _Staged, originals: list[tuple[str, bytes]]) -> None:
+        for okey, content in originals:
+            handle = self.store.stage(okey, self.sealer.seal(okey, content), retain_until=staged.retain)
+            staged.objects.append((okey, handle, content))
 
     def _store_record(self, staged: _Staged, *, stage: bool) -> Record | None:
         """Write the record (``stage=False``: durably, returns it) or stage it for a batch (None)."""
