@@ -24,7 +24,16 @@ import orjson
 import pytest
 import yaml
 
-from hub import ConnectorContext, DeliveryRequest, Document, Event, Invoice, PermanentError, TransientError
+from hub import (
+    ConnectorContext,
+    DeliveryRequest,
+    Document,
+    Event,
+    HubError,
+    Invoice,
+    PermanentError,
+    TransientError,
+)
 from hub.canonical import content_hash
 from hub.plugins import build_plugins
 
@@ -659,6 +668,28 @@ def test_deliver_batch_on_a_folder_leaves_no_temp_files(fs_backend: FsBackend) -
     assert all(r.remote_ref for r in results)
     assert list(fs_backend.root.rglob(".*")) == []
     assert len([k for k in fs_backend.stored_keys() if k.startswith("objects/")]) == 50
+
+
+def test_a_version_whose_second_original_cannot_be_written_leaves_nothing_behind(
+    fs_backend: FsBackend,
+) -> None:
+    """Its first original, already staged, is discarded with it; the other versions of the batch go in."""
+    conn = fs_backend.connector()
+    invoice = make_invoice(150)
+    first = xml_document(invoice)
+    second = Document(content=b"%PDF-1.7 the same invoice as a PDF", filename="150.pdf", source="inbox")
+    assert obj_key(first.sha256).split("/")[1] != obj_key(second.sha256).split("/")[1]
+    blocked = fs_backend.root / obj_key(second.sha256).rpartition("/")[0]  # its shard folder
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"a file where the shard folder goes")
+    others = [make_request(make_invoice(n)) for n in (151, 152)]
+
+    results = conn.deliver_batch([others[0], make_request(invoice, [first, second]), others[1]])
+
+    assert isinstance(results[1], HubError) and str(blocked) in str(results[1])
+    assert results[0].remote_ref and results[2].remote_ref
+    assert list(fs_backend.root.rglob(".*")) == []  # no temp file of the first original is left
+    assert not (fs_backend.root / obj_key(first.sha256)).exists()
 
 
 # ---------------------------------------------------------------------------------------------------
