@@ -623,25 +623,16 @@ class Archive:
     def _archive_version(
         self, request: DeliveryRequest, rkey: str, load: Callable[[str], Document | None] | None
     ) -> Record:
-        staged = self._store_originals(request, rkey, load, stage=False)
-        record = self._store_record(staged, stage=False)
-        assert record is not None
-        return record
+        staged = self._put_originals(request, rkey, load)
+        return self._put_record(staged)
 
-    def _store_originals(
-        self,
-        request: DeliveryRequest,
-        rkey: str,
-        load: Callable[[str], Document | None] | None,
-        *,
-        stage: bool,
+    def _put_originals(
+        self, request: DeliveryRequest, rkey: str, load: Callable[[str], Document | None] | None
     ) -> _Staged:
+        """Write a version's originals durably, one by one (a single delivery)."""
         staged, originals = self._plan_originals(request, rkey, load)
-        if stage:
-            self._stage_originals(staged, originals)
-        else:
-            for okey, content in originals:
-                self._put(okey, content, retain_until=staged.retain, content_addressed=True)
+        for okey, content in originals:
+            self._put(okey, content, retain_until=staged.retain, content_addressed=True)
         return staged
 
     def _plan_originals(
@@ -684,12 +675,9 @@ class Archive:
             handle = self.store.stage(okey, self.sealer.seal(okey, content), retain_until=staged.retain)
             staged.objects.append((okey, handle, content))
 
-    def _store_record(self, staged: _Staged, *, stage: bool) -> Record | None:
-        """Write the record (``stage=False``: durably, returns it) or stage it for a batch (None)."""
+    def _put_record(self, staged: _Staged) -> Record:
+        """Write a version's record durably (a single delivery; a batch stages its records)."""
         body = self._record_body(staged)
-        if stage:
-            self._stage_record(staged, body)
-            return None
         assert staged.record is not None
         written = self.store.put_once(
             staged.rkey,
