@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import structlog
@@ -411,10 +411,35 @@ class _Staged:
     entries: list[dict[str, Any]]
     now: datetime
     retain: datetime | None
+    #: Originals planned and not yet written: (key, plaintext).
+    originals: list[tuple[str, bytes]] = field(default_factory=list)
     #: Originals staged in a batch and not yet committed: (key, store handle, plaintext).
     objects: list[tuple[str, Any, bytes]] = field(default_factory=list)
     record: dict[str, Any] | None = None
     record_handle: Any = None
+
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+
+
+def _each(
+    results: list[Any],
+    items: list[tuple[int, _T]],
+    do: Callable[[_T], _U],
+    undo: Callable[[_T], object] | None = None,
+) -> list[tuple[int, _U]]:
+    """One step of a batch: ``do`` for each (request index, item), and the (index, result) of those it
+    worked for. A ``HubError`` becomes request i's answer in ``results``, after ``undo(item)``."""
+    out: list[tuple[int, _U]] = []
+    for i, item in items:
+        try:
+            out.append((i, do(item)))
+        except HubError as exc:
+            if undo is not None:
+                undo(item)
+            results[i] = exc
+    return out
 
 
 @dataclass
@@ -533,77 +558,47 @@ class Archive:
         are durable, so "a record exists" keeps meaning "complete", after a crash too. Returns one
         receipt or error per request, in order; one failing request does not stop the others."""
         results: list[Receipt | HubError | None] = [None] * len(requests)
-        staged: list[tuple[int, _Staged]] = []
         # A step at a time across the batch, as intake does (docs/benchmarks.md, stop 21): every
         # request's invoice first (each validated from the ledger's JSON on first use), then the files.
-        keys: list[str | None] = [None] * len(requests)
-        todo: list[tuple[int, DeliveryRequest, str]] = []
-        for i, request in enumerate(requests):
+        keyed = _each(
+            results,
+            list(enumerate(requests)),
+            lambda r: (r, record_key(r.event.invoice, r.event.content_hash)),
+        )
+        todo: list[tuple[int, tuple[DeliveryRequest, str]]] = []
+        for i, (request, rkey) in keyed:
             try:
-                event = request.event
-                keys[i] = record_key(event.invoice, event.content_hash)
-            except HubError as exc:
-                results[i] = exc
-        for i, request in enumerate(requests):
-            rkey = keys[i]
-            if rkey is None:
-                continue
-            try:
-                event = request.event
-                if event.type == "invoice.status_changed":
+                if request.event.type == "invoice.status_changed":
                     results[i] = self._deliver_status(request, rkey, load_document)
                 elif self.store.exists(rkey):
                     results[i] = self._receipt(self.read_record(rkey))
                 else:
-                    todo.append((i, request, rkey))
+                    todo.append((i, (request, rkey)))
             except HubError as exc:
                 results[i] = exc
-        planned = []
-        for i, request, rkey in todo:  # hashes and entries: Python alone
-            try:
-                planned.append((i, *self._plan_originals(request, rkey, load_document)))
-            except HubError as exc:
-                results[i] = exc
-        for i, item, originals in planned:  # then the files
-            try:
-                self._stage_originals(item, originals)
-                staged.append((i, item))
-            except HubError as exc:
-                self._discard(item)
-                results[i] = exc
+        planned = _each(results, todo, lambda t: self._plan_originals(*t, load_document))  # Python alone
+        staged = _each(results, planned, self._stage_originals, undo=self._discard)  # then the files
         if staged:
             self.store.barrier()
-            committed = []
-            for i, item in staged:
-                try:
-                    self._commit_originals(item)
-                    committed.append((i, item))
-                except HubError as exc:
-                    self._discard(item)
-                    results[i] = exc
-            bodies = [(i, item, self._record_body(item)) for i, item in committed]
-            ready = []
-            for i, item, body in bodies:
-                try:
-                    self._stage_record(item, body)
-                    ready.append((i, item))
-                except HubError as exc:
-                    self._discard(item)
-                    results[i] = exc
+            committed = _each(results, staged, self._commit_originals, undo=self._discard)
+            bodies = [(i, (item, self._record_body(item))) for i, item in committed]
+            ready = _each(
+                results, bodies, lambda b: self._stage_record(*b), undo=lambda b: self._discard(b[0])
+            )
             self.store.barrier()
-            for i, item in ready:
-                try:
-                    results[i] = self._receipt(self._commit_record(item))
-                except HubError as exc:
-                    self._discard(item)
-                    results[i] = exc
+            receipts = _each(
+                results, ready, lambda item: self._receipt(self._commit_record(item)), undo=self._discard
+            )
+            for i, receipt in receipts:
+                results[i] = receipt
             self.store.barrier()
         return [r for r in results if r is not None]
 
-    def _commit_originals(self, staged: _Staged) -> None:
+    def _commit_originals(self, staged: _Staged) -> _Staged:
         for key, handle, plaintext in staged.objects:
             self.store.commit(handle, same=self._same_plaintext(key, plaintext), content_addressed=True)
         staged.objects = []
+        return staged
 
     def _commit_record(self, staged: _Staged) -> Record:
         assert staged.record is not None
@@ -630,21 +625,22 @@ class Archive:
         self, request: DeliveryRequest, rkey: str, load: Callable[[str], Document | None] | None
     ) -> _Staged:
         """Write a version's originals durably, one by one (a single delivery)."""
-        staged, originals = self._plan_originals(request, rkey, load)
-        for okey, content in originals:
+        staged = self._plan_originals(request, rkey, load)
+        for okey, content in staged.originals:
             self._put(okey, content, retain_until=staged.retain, content_addressed=True)
+        staged.originals = []
         return staged
 
     def _plan_originals(
         self, request: DeliveryRequest, rkey: str, load: Callable[[str], Document | None] | None
-    ) -> tuple[_Staged, list[tuple[str, bytes]]]:
+    ) -> _Staged:
         """The version's entries (hashes and provenance of each original) and the originals to store
-        under their keys: no file touched yet."""
+        under their keys (``originals``): no file touched yet."""
         now = _now()
         retain = self.retain_until(now)
         entries: list[dict[str, Any]] = []
         staged = _Staged(request, rkey, entries, now, retain)
-        originals: list[tuple[str, bytes]] = []
+        originals = staged.originals
         seen: set[str] = set()
         for doc in self._documents(request, load):
             digest = doc.sha256
@@ -668,12 +664,14 @@ class Archive:
                     "key_id": self.sealer.active,
                 }
             )
-        return staged, originals
+        return staged
 
-    def _stage_originals(self, staged: _Staged, originals: list[tuple[str, bytes]]) -> None:
-        for okey, content in originals:
+    def _stage_originals(self, staged: _Staged) -> _Staged:
+        for okey, content in staged.originals:
             handle = self.store.stage(okey, self.sealer.seal(okey, content), retain_until=staged.retain)
             staged.objects.append((okey, handle, content))
+        staged.originals = []
+        return staged
 
     def _put_record(self, staged: _Staged) -> Record:
         """Write a version's record durably (a single delivery; a batch stages its records)."""
@@ -689,10 +687,11 @@ class Archive:
         self._log_stored(staged, written)
         return Record(staged.rkey, staged.record) if written else self.read_record(staged.rkey)
 
-    def _stage_record(self, staged: _Staged, body: bytes) -> None:
+    def _stage_record(self, staged: _Staged, body: bytes) -> _Staged:
         staged.record_handle = self.store.stage(
             staged.rkey, self.sealer.seal(staged.rkey, body), retain_until=staged.retain
         )
+        return staged
 
     def _record_body(self, staged: _Staged) -> bytes:
         """The record of a staged version (kept in ``staged.record``), as the bytes to write."""
